@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with python3 and make: `make run`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test gen lint clean
+
+$(INSTALLED): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+## gen: regenerate shop/**/_pb2*.py from protos/ (committed; a test checks they are current)
+gen: $(INSTALLED)
+	$(BIN)/python scripts/gen_protos.py
+
+## run: every service on the embedded defaults; Ctrl-C stops them all
+run: $(INSTALLED) gen
+	$(BIN)/python scripts/run_local.py
+
+## test: the whole suite (uses PostgreSQL and Redis on localhost when present)
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

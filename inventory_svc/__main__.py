@@ -1,0 +1,22 @@
+"""python -m inventory_svc: read config, build the store and servicer, serve."""
+
+from inventory_svc.server import SERVICE_NAME, InventoryServicer
+from inventory_svc.store import InventoryStore
+from plumbing import db
+from plumbing.config import ServerConfig
+from plumbing.logs import setup_logging
+from plumbing.server import Service, serve
+from shop.inventory.v1 import inventory_pb2_grpc
+
+
+def main() -> None:
+    config = ServerConfig.from_env("inventory")
+    setup_logging("inventory", config.log.level, config.log.format)
+    engine = db.open_engine(config.database_url, pool_size=config.workers)
+    servicer = InventoryServicer(InventoryStore(engine))
+    service = Service(SERVICE_NAME, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server)
+    serve(config, [service], on_stop=engine.dispose)
+
+
+if __name__ == "__main__":
+    main()

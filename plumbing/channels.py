@@ -1,0 +1,118 @@
+"""The channel factory: every call gets a deadline (clamped to the caller's
+own), carries x-request-id, is counted in metrics, and is spread round-robin
+over every address behind the target."""
+
+import json
+import socket
+import time
+import uuid
+
+import grpc
+
+from plumbing import metrics
+from plumbing.deadlines import timeout_for_call
+from plumbing.logs import request_id_var
+
+
+def resolve_target(address: str) -> str:
+    """A gRPC target for INVENTORY_ADDR and friends.
+
+    'host:port' and gRPC targets ('dns:///inventory:50051') pass through; a
+    comma-separated list of host:port becomes a static ipv4:/ipv6: list
+    (resolved once, here) so round_robin spreads calls over all of them.
+    """
+    address = address.strip()
+    if "," not in address:
+        return address
+    v4, v6 = [], []
+    for part in filter(None, (p.strip() for p in address.split(","))):
+        host, _, port = part.rpartition(":")
+        host = host.strip("[]")
+        for family, _, _, _, sockaddr in socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP):
+            if family == socket.AF_INET:
+                v4.append(f"{sockaddr[0]}:{port}")
+            elif family == socket.AF_INET6:
+                v6.append(f"[{sockaddr[0]}]:{port}")
+            break
+    if v4 and not v6:
+        return "ipv4:" + ",".join(v4)
+    if v6 and not v4:
+        return "ipv6:" + ",".join(v6)
+    raise ValueError(f"cannot mix IPv4 and IPv6 addresses in {address!r}")
+
+
+def service_config(service: str, retry_methods: tuple[str, ...] = ()) -> str:
+    """round_robin, plus transparent retries on UNAVAILABLE for idempotent reads.
+    Writes are never retried here: the saga's idempotency keys make their
+    retries safe, at the level that knows what a retry means."""
+    config: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if retry_methods:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": service, "method": m} for m in retry_methods],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+
+class DeadlineInterceptor(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, default_timeout_s: float):
+        self.default_timeout_s = default_timeout_s
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = list(details.metadata or ())
+        if not any(k == "x-request-id" for k, _ in metadata):
+            metadata.append(("x-request-id", request_id_var.get() or uuid.uuid4().hex))
+        new_details = _CallDetails(
+            details.method,
+            timeout_for_call(details.timeout, self.default_timeout_s),
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+        service, method = metrics.split_method(details.method)
+        started = time.perf_counter()
+        call = continuation(new_details, request)
+
+        def record(done):
+            metrics.client_handled.labels("unary", service, method, done.code().name).inc()
+            metrics.client_handling_seconds.labels("unary", service, method).observe(
+                time.perf_counter() - started
+            )
+
+        call.add_done_callback(record)
+        return call
+
+
+def open_channel(
+    address: str, service: str, default_timeout_s: float, retry_methods: tuple[str, ...] = ()
+) -> grpc.Channel:
+    """A channel to `service` (its full name) at `address`, ready for stubs."""
+    channel = grpc.insecure_channel(
+        resolve_target(address),
+        options=[
+            ("grpc.service_config", service_config(service, retry_methods)),
+            ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ],
+    )
+    return grpc.intercept_channel(channel, DeadlineInterceptor(default_timeout_s))

@@ -1,0 +1,111 @@
+"""Configuration from the environment, read in one place, with local defaults.
+
+A process reads the plain names (METRICS_PORT, DATABASE_URL); `make run`, which
+starts several processes from one environment, maps the per-service forms
+(INVENTORY_DATABASE_URL, ...) onto them.
+"""
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_PORTS = {"inventory": 50051, "payment": 50052, "order": 50053}
+DEFAULT_METRICS_PORTS = {"inventory": 9101, "payment": 9102, "order": 9103}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the process says why and exits."""
+
+
+def env_str(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = env_str(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env_str(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str
+    format: str
+
+    @classmethod
+    def from_env(cls) -> "LogConfig":
+        fmt = env_str("LOG_FORMAT", "json").lower()
+        if fmt not in ("json", "text"):
+            raise ConfigError(f"LOG_FORMAT={fmt!r} must be json or text")
+        return cls(level=env_str("LOG_LEVEL", "INFO").upper(), format=fmt)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What every gRPC service process needs."""
+
+    name: str
+    port: int
+    metrics_port: int
+    database_url: str
+    workers: int
+    max_concurrent_rpcs: int
+    # SIGTERM: health turns NOT_SERVING, we wait drain_delay_s so load
+    # balancers notice, then give in-flight calls shutdown_grace_s to finish.
+    drain_delay_s: float
+    shutdown_grace_s: float
+    max_connection_age_s: float
+    log: LogConfig
+
+    @classmethod
+    def from_env(cls, name: str) -> "ServerConfig":
+        data_dir = env_str("DATA_DIR", "data")
+        workers = env_int("GRPC_WORKERS", 16, minimum=1)
+        return cls(
+            name=name,
+            port=env_int(f"{name.upper()}_PORT", DEFAULT_PORTS[name]),
+            metrics_port=env_int("METRICS_PORT", DEFAULT_METRICS_PORTS[name]),
+            database_url=env_str("DATABASE_URL", f"sqlite:///{data_dir}/{name}.db"),
+            workers=workers,
+            max_concurrent_rpcs=env_int("GRPC_MAX_CONCURRENT_RPCS", workers * 4, minimum=1),
+            drain_delay_s=env_float("DRAIN_DELAY_S", 0.0),
+            shutdown_grace_s=env_float("SHUTDOWN_GRACE_S", 10.0),
+            max_connection_age_s=env_float("MAX_CONNECTION_AGE_S", 30.0, minimum=1.0),
+            log=LogConfig.from_env(),
+        )
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """Where a client finds the services it calls, and how long it waits."""
+
+    inventory_addr: str
+    payment_addr: str
+    order_addr: str
+    # The deadline given to a call when the caller itself has none.
+    timeout_s: float
+
+    @classmethod
+    def from_env(cls, timeout_env: str = "UPSTREAM_TIMEOUT_S", default_timeout_s: float = 10.0):
+        return cls(
+            inventory_addr=env_str("INVENTORY_ADDR", f"localhost:{DEFAULT_PORTS['inventory']}"),
+            payment_addr=env_str("PAYMENT_ADDR", f"localhost:{DEFAULT_PORTS['payment']}"),
+            order_addr=env_str("ORDER_ADDR", f"localhost:{DEFAULT_PORTS['order']}"),
+            timeout_s=env_float(timeout_env, default_timeout_s, minimum=0.001),
+        )

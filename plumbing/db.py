@@ -1,0 +1,124 @@
+"""Storage plumbing on SQLAlchemy Core: one engine per service database,
+embedded SQLite by default, PostgreSQL when replicas share state.
+
+SQLite runs in WAL mode with synchronous=FULL (a confirmed order survives a
+power loss), a busy timeout, and BEGIN IMMEDIATE for every write transaction:
+a deferred transaction's later lock upgrade fails at once, ignoring the busy
+timeout. PostgreSQL runs Read Committed, which re-checks a conditional
+UPDATE's WHERE after waiting for a row lock.
+"""
+
+import contextlib
+import pathlib
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalise_url(url: str) -> str:
+    """postgresql://... means psycopg 3 here."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def open_engine(url: str, pool_size: int = 10) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        return _open_sqlite(url, pool_size)
+    if url.startswith("postgresql+psycopg://"):
+        return sa.create_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=300
+        )
+    raise ValueError(f"unsupported DATABASE_URL {url!r}: use sqlite:///path or postgresql://...")
+
+
+def _open_sqlite(url: str, pool_size: int) -> Engine:
+    path = sa.engine.make_url(url).database
+    if not path or path == ":memory:":
+        raise ValueError("SQLite needs a file (sqlite:///path/to.db): every replica thread shares it")
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record):
+        # Take transaction control from the driver so BEGIN is ours to send.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def on_begin(connection):
+        immediate = connection.get_execution_options().get("sqlite_immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextlib.contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: committed on success, rolled back on error."""
+    with engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+        yield conn
+
+
+@contextlib.contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction: one consistent snapshot."""
+    with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+def insert_ignoring_conflicts(engine: Engine, table: sa.Table):
+    """INSERT ... ON CONFLICT DO NOTHING, for idempotent writes; the row count
+    tells whether this call inserted."""
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+def migrate(
+    engine: Engine,
+    metadata: sa.MetaData,
+    migrations: Sequence[Callable[[Connection], None]],
+    seed: Callable[[Connection], None] | None = None,
+) -> None:
+    """Apply the versioned migrations not yet applied, then the seed, under
+    one lock, so replicas starting together do it once.
+
+    Migration N is migrations[N-1]; schema_migrations records the version.
+    The lock is BEGIN IMMEDIATE on SQLite and a transaction-scoped advisory
+    lock on PostgreSQL (keyed by the tables' names, one per service).
+    """
+    versions = sa.Table(
+        "schema_migrations",
+        sa.MetaData(),
+        sa.Column("version", sa.Integer, primary_key=True),
+        sa.Column("applied_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    )
+    with write(engine) as conn:
+        if engine.dialect.name == "postgresql":
+            key = zlib.crc32(",".join(sorted(metadata.tables)).encode())
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        versions.create(conn, checkfirst=True)
+        applied = set(conn.execute(sa.select(versions.c.version)).scalars())
+        for version, migration in enumerate(migrations, start=1):
+            if version not in applied:
+                migration(conn)
+                conn.execute(versions.insert().values(version=version))
+        if seed is not None:
+            seed(conn)

@@ -1,0 +1,94 @@
+"""Domain errors as gRPC statuses: a code, a message, and google.rpc details
+(ErrorInfo with a stable reason in domain "shop"; BadRequest field violations).
+
+Servicers raise ShopError; the server interceptor turns it into the status.
+Clients (the order service, the gateway) read it back with from_rpc_error.
+"""
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "shop"
+
+
+@dataclass
+class ShopError(Exception):
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    # (field, description) pairs, sent as google.rpc.BadRequest.
+    violations: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    def with_metadata(self, **metadata: str) -> "ShopError":
+        self.metadata.update({k: str(v) for k, v in metadata.items()})
+        return self
+
+    def to_status(self) -> grpc.Status:
+        details = []
+        if self.reason:
+            info = error_details_pb2.ErrorInfo(
+                reason=self.reason, domain=DOMAIN, metadata=self.metadata
+            )
+            details.append(_pack(info))
+        if self.violations:
+            bad = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in self.violations
+                ]
+            )
+            details.append(_pack(bad))
+        proto = status_pb2.Status(
+            code=getattr(code_pb2, self.code.name), message=self.message, details=details
+        )
+        return rpc_status.to_status(proto)
+
+
+def _pack(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def invalid_argument(violations: list[tuple[str, str]], reason: str = "INVALID_ARGUMENT") -> ShopError:
+    message = "; ".join(f"{f}: {d}" for f, d in violations)
+    return ShopError(grpc.StatusCode.INVALID_ARGUMENT, message, reason, violations=list(violations))
+
+
+def not_found(kind: str, key: str) -> ShopError:
+    return ShopError(
+        grpc.StatusCode.NOT_FOUND, f"{kind} {key!r} not found", "NOT_FOUND", {"resource": kind, "id": key}
+    )
+
+
+def failed_precondition(reason: str, message: str, **metadata) -> ShopError:
+    return ShopError(grpc.StatusCode.FAILED_PRECONDITION, message, reason).with_metadata(**metadata)
+
+
+def from_rpc_error(error: grpc.RpcError) -> ShopError:
+    """The ShopError a failed call carried (or a bare one for transport errors)."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    message = error.details() if hasattr(error, "details") else str(error)
+    result = ShopError(code or grpc.StatusCode.UNKNOWN, message or "")
+    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
+    if status is None:
+        return result
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            result.reason = info.reason
+            result.metadata = dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            result.violations = [(v.field, v.description) for v in bad.field_violations]
+    return result

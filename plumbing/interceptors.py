@@ -1,0 +1,79 @@
+"""The server interceptor every service runs: request id, deadline, one JSON
+log line and go-grpc-prometheus metrics per RPC, and ShopError -> status."""
+
+import logging
+import time
+import uuid
+
+import grpc
+
+from plumbing import metrics
+from plumbing.deadlines import deadline_from_remaining, deadline_var
+from plumbing.errors import ShopError
+from plumbing.logs import request_id_var
+
+log = logging.getLogger("plumbing.rpc")
+
+# Health checks come every few seconds from every probe; they are counted in
+# metrics but not logged.
+_QUIET_SERVICES = {"grpc.health.v1.Health"}
+
+
+class ServerInterceptor(grpc.ServerInterceptor):
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # streaming: health Watch, reflection
+        service, method = metrics.split_method(handler_call_details.method)
+        behavior = handler.unary_unary
+
+        def observed(request, context):
+            return self._observe(behavior, request, context, service, method)
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _observe(self, behavior, request, context: grpc.ServicerContext, service, method):
+        incoming = dict(context.invocation_metadata())
+        request_id = incoming.get("x-request-id") or uuid.uuid4().hex
+        rid_token = request_id_var.set(request_id)
+        deadline_token = deadline_var.set(deadline_from_remaining(context.time_remaining()))
+        metrics.server_started.labels("unary", service, method).inc()
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            response = behavior(request, context)
+            code = context.code() or grpc.StatusCode.OK
+            return response
+        except ShopError as error:
+            code = error.code
+            context.abort_with_status(error.to_status())
+        except Exception:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            if code in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN):
+                # Not an abort: a bug. Log the traceback here, answer INTERNAL
+                # without it.
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error in %s/%s", service, method)
+                context.abort(code, "internal error")
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.server_handled.labels("unary", service, method, code.name).inc()
+            metrics.server_handling_seconds.labels("unary", service, method).observe(elapsed)
+            if service not in _QUIET_SERVICES:
+                log.info(
+                    "rpc",
+                    extra={
+                        "grpc_service": service,
+                        "grpc_method": method,
+                        "grpc_code": code.name,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "peer": context.peer(),
+                    },
+                )
+            deadline_var.reset(deadline_token)
+            request_id_var.reset(rid_token)

@@ -1,0 +1,45 @@
+"""Prometheus metrics with the go-grpc-prometheus names, so the usual
+dashboards and alerts for gRPC work unchanged."""
+
+import prometheus_client
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+server_started = Counter(
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+server_handled = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, regardless of success or failure.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+server_handling_seconds = Histogram(
+    "grpc_server_handling_seconds",
+    "Response latency of RPCs handled by the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=LATENCY_BUCKETS,
+)
+client_handled = Counter(
+    "grpc_client_handled_total",
+    "RPCs completed by the client, regardless of success or failure.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+client_handling_seconds = Histogram(
+    "grpc_client_handling_seconds",
+    "Latency of RPCs made by the client, until the response was received.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """'/shop.order.v1.OrderService/GetOrder' -> ('shop.order.v1.OrderService', 'GetOrder')."""
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method
+
+
+def start_metrics_server(port: int) -> None:
+    prometheus_client.start_http_server(port)

@@ -1,0 +1,59 @@
+"""Shared fixtures: a fresh database per service per test, on SQLite and (when
+reachable) PostgreSQL, and services started in-process on port 0.
+
+Set REQUIRE_POSTGRES=1 (as .ci/run does) to fail instead of skipping when
+PostgreSQL is not reachable at TEST_POSTGRES_URL.
+"""
+
+import os
+import uuid
+
+import psycopg
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_reachable() -> bool:
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> bool:
+    return _postgres_reachable()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path, postgres_available):
+    """A factory: database_url("inventory") -> a URL to an empty database of
+    its own. Parametrized, so every test using it runs on both backends."""
+    created: list[str] = []
+    if request.param == "postgresql" and not postgres_available:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL required but not reachable at {POSTGRES_ADMIN_URL}")
+        pytest.skip("PostgreSQL not reachable")
+
+    def make(name: str) -> str:
+        if request.param == "sqlite":
+            return f"sqlite:///{tmp_path}/{name}.db"
+        dbname = f"shop_test_{name}_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        created.append(dbname)
+        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+        return f"{base}/{dbname}"
+
+    yield make
+    for dbname in created:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    """Like database_url, SQLite only: for tests about SQLite files themselves."""
+    return lambda name: f"sqlite:///{tmp_path}/{name}.db"
