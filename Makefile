@@ -18,7 +18,7 @@ gen: $(INSTALLED)
 
 ## run: every service on the embedded defaults; Ctrl-C stops them all
 run: $(INSTALLED) gen
-	$(BIN)/python scripts/run_local.py
+	$(BIN)/python -m scripts.run_local
 
 ## test: the whole suite (uses PostgreSQL and Redis on localhost when present)
 test: $(INSTALLED)

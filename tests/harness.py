@@ -51,3 +51,13 @@ def run_inventory(database_url: str, port: int = 0) -> Running:
     engine = db.open_engine(database_url)
     servicer = InventoryServicer(InventoryStore(engine))
     return start(Service(SERVICE_NAME, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server), engine, port)
+
+
+def run_payment(database_url: str, port: int = 0) -> Running:
+    from payment_svc.server import SERVICE_NAME, PaymentServicer
+    from payment_svc.store import PaymentStore
+    from shop.payment.v1 import payment_pb2_grpc
+
+    engine = db.open_engine(database_url)
+    servicer = PaymentServicer(PaymentStore(engine))
+    return start(Service(SERVICE_NAME, servicer, payment_pb2_grpc.add_PaymentServiceServicer_to_server), engine, port)
