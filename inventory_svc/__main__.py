@@ -3,12 +3,13 @@
 from inventory_svc.server import SERVICE_NAME, InventoryServicer
 from inventory_svc.store import InventoryStore
 from plumbing import db
-from plumbing.config import ServerConfig
+from plumbing.config import ServerConfig, exits_on_config_error
 from plumbing.logs import setup_logging
 from plumbing.server import Service, serve
 from shop.inventory.v1 import inventory_pb2_grpc
 
 
+@exits_on_config_error
 def main() -> None:
     config = ServerConfig.from_env("inventory")
     setup_logging("inventory", config.log.level, config.log.format)

@@ -120,18 +120,20 @@ class InventoryStore:
             if v is not None
         }
         with db.write(self.engine) as conn:
-            inserted = 0
+            inserted = False
             if name is not None and price_cents is not None:
-                inserted = conn.execute(
-                    db.insert_ignoring_conflicts(self.engine, products).values(
+                inserted = db.insert_if_absent(
+                    conn,
+                    products,
+                    dict(
                         product_id=product_id,
                         name=name,
                         price_cents=price_cents,
                         currency=currency or "USD",
                         available=available or 0,
                         updated_at=_now(),
-                    )
-                ).rowcount
+                    ),
+                )
             if not inserted:
                 updated = conn.execute(
                     products.update()
@@ -178,11 +180,9 @@ class InventoryStore:
         """
         with db.write(self.engine) as conn:
             now = _now()
-            claimed = conn.execute(
-                db.insert_ignoring_conflicts(self.engine, reservations).values(
-                    order_id=order_id, status=RESERVED, created_at=now, updated_at=now
-                )
-            ).rowcount
+            claimed = db.insert_if_absent(
+                conn, reservations, dict(order_id=order_id, status=RESERVED, created_at=now, updated_at=now)
+            )
             if not claimed:
                 existing = self._reservation(conn, order_id)
                 if existing.status == RELEASED:
@@ -223,11 +223,9 @@ class InventoryStore:
         reserved leaves a RELEASED tombstone, so a late Reserve is refused."""
         with db.write(self.engine) as conn:
             now = _now()
-            tombstone = conn.execute(
-                db.insert_ignoring_conflicts(self.engine, reservations).values(
-                    order_id=order_id, status=RELEASED, created_at=now, updated_at=now
-                )
-            ).rowcount
+            tombstone = db.insert_if_absent(
+                conn, reservations, dict(order_id=order_id, status=RELEASED, created_at=now, updated_at=now)
+            )
             if tombstone:
                 return Reservation(order_id, RELEASED, ())
             # Compare-and-set: only the caller that moves RESERVED -> RELEASED

@@ -72,6 +72,35 @@ class _CallDetails(grpc.ClientCallDetails):
         self.compression = compression
 
 
+class DeadlineAlreadyExceeded(grpc.RpcError, grpc.Call):
+    """Raised instead of making a call when the caller's deadline leaves no
+    time for it (grpc would read a zero timeout as none at all)."""
+
+    def code(self):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self):
+        return "deadline exceeded before the call was made"
+
+    def initial_metadata(self):
+        return None
+
+    def trailing_metadata(self):
+        return None
+
+    def is_active(self):
+        return False
+
+    def time_remaining(self):
+        return 0
+
+    def cancel(self):
+        return False
+
+    def add_callback(self, callback):
+        return False
+
+
 class DeadlineInterceptor(grpc.UnaryUnaryClientInterceptor):
     def __init__(self, default_timeout_s: float):
         self.default_timeout_s = default_timeout_s
@@ -80,9 +109,12 @@ class DeadlineInterceptor(grpc.UnaryUnaryClientInterceptor):
         metadata = list(details.metadata or ())
         if not any(k == "x-request-id" for k, _ in metadata):
             metadata.append(("x-request-id", request_id_var.get() or uuid.uuid4().hex))
+        timeout = timeout_for_call(details.timeout, self.default_timeout_s)
+        if timeout <= 0:
+            raise DeadlineAlreadyExceeded()
         new_details = _CallDetails(
             details.method,
-            timeout_for_call(details.timeout, self.default_timeout_s),
+            timeout,
             metadata,
             details.credentials,
             details.wait_for_ready,

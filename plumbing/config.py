@@ -5,7 +5,9 @@ starts several processes from one environment, maps the per-service forms
 (INVENTORY_DATABASE_URL, ...) onto them.
 """
 
+import functools
 import os
+import sys
 from dataclasses import dataclass
 
 DEFAULT_PORTS = {"inventory": 50051, "payment": 50052, "order": 50053}
@@ -14,6 +16,20 @@ DEFAULT_METRICS_PORTS = {"inventory": 9101, "payment": 9102, "order": 9103}
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the process says why and exits."""
+
+
+def exits_on_config_error(main):
+    """A process's main(): a bad setting ends it with one clear line, not a traceback."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except ConfigError as error:
+            print(f"configuration error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return run
 
 
 def env_str(name: str, default: str) -> str:

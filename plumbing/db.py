@@ -84,11 +84,16 @@ def read(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def insert_ignoring_conflicts(engine: Engine, table: sa.Table):
-    """INSERT ... ON CONFLICT DO NOTHING, for idempotent writes; the row count
-    tells whether this call inserted."""
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
+def insert_if_absent(conn: Connection, table: sa.Table, values: dict) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING: True if this call inserted the row.
+
+    The building block of idempotent writes: whoever inserts the row owns the
+    work; a repeat, or a concurrent duplicate on another replica, finds it.
+    (RETURNING rather than rowcount, which psycopg reports as -1 here.)
+    """
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    return conn.execute(statement.returning(*table.primary_key.columns)).first() is not None
 
 
 def migrate(

@@ -31,10 +31,10 @@ def remaining_s() -> float | None:
 
 def timeout_for_call(requested: float | None, default: float) -> float:
     """The timeout an outgoing call gets: its own or the default, never past
-    the incoming deadline less the margin (and never zero or negative, which
-    grpc would read as 'no deadline')."""
+    the incoming deadline less the margin. Zero or less means there is no
+    time left to make the call at all."""
     timeout = requested if requested is not None else default
     left = remaining_s()
     if left is not None:
         timeout = min(timeout, left - MARGIN_S)
-    return max(timeout, 0.001)
+    return timeout

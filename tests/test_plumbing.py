@@ -1,0 +1,216 @@
+"""The shared plumbing: health, reflection (with a real grpcurl), request ids
+in the logs, deadlines on every outgoing call, and the SIGTERM drain."""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from plumbing import deadlines
+from plumbing.channels import open_channel, resolve_target
+from plumbing.logs import JsonFormatter
+from shop.inventory.v1 import inventory_pb2 as pb
+from shop.inventory.v1 import inventory_pb2_grpc
+from tests import harness
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVICE = "shop.inventory.v1.InventoryService"
+
+
+@pytest.fixture
+def inventory(sqlite_url):
+    running = harness.run_inventory(sqlite_url("inventory"))
+    yield running
+    running.stop()
+
+
+def health_of(channel, service=""):
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_health_serves_for_the_server_and_the_service(inventory):
+    channel = inventory.channel()
+    assert health_of(channel) == health_pb2.HealthCheckResponse.SERVING
+    assert health_of(channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_turns_not_serving_when_shutdown_begins(inventory):
+    inventory.server.begin_shutdown()
+    channel = inventory.channel()
+    assert health_of(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health_of(channel, SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+    # Calls in the drain window still work.
+    stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+    assert stub.GetProduct(pb.GetProductRequest(product_id="P001"), timeout=5).product_id == "P001"
+
+
+def grpcurl(*args):
+    binary = shutil.which("grpcurl") or os.path.join(os.path.dirname(sys.executable), "grpcurl")
+    done = subprocess.run([binary, "-plaintext", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_grpcurl_lists_services_through_reflection(inventory):
+    listed = grpcurl(inventory.address, "list").split()
+    assert set(listed) >= {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+
+
+def test_grpcurl_calls_get_product_with_no_proto_files(inventory):
+    out = grpcurl("-d", '{"product_id":"P001"}', inventory.address, f"{SERVICE}/GetProduct")
+    assert json.loads(out)["name"] == "Wireless Mouse"
+
+
+def test_grpcurl_calls_health_check(inventory):
+    out = grpcurl("-d", json.dumps({"service": SERVICE}), inventory.address, "grpc.health.v1.Health/Check")
+    assert json.loads(out) == {"status": "SERVING"}
+
+
+class RecordsDeadline(grpc.ServerInterceptor):
+    """Remembers the time_remaining() each call arrived with."""
+
+    def __init__(self):
+        self.remaining = []
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        inner = handler.unary_unary
+
+        def behaviour(request, context):
+            self.remaining.append(context.time_remaining())
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour, handler.request_deserializer, handler.response_serializer
+        )
+
+
+@pytest.fixture
+def recorded(inventory):
+    from concurrent import futures
+
+    recorder = RecordsDeadline()
+    server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[recorder])
+    inventory_pb2_grpc.add_InventoryServiceServicer_to_server(inventory.servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield recorder, f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def test_a_call_made_with_no_caller_deadline_still_gets_one(recorded):
+    recorder, address = recorded
+    channel = open_channel(address, SERVICE, default_timeout_s=3.0)
+    inventory_pb2_grpc.InventoryServiceStub(channel).GetProduct(pb.GetProductRequest(product_id="P001"))
+    channel.close()
+    assert 0 < recorder.remaining[0] <= 3.0
+
+
+def test_an_outgoing_call_never_outlives_the_incoming_deadline(recorded):
+    recorder, address = recorded
+    channel = open_channel(address, SERVICE, default_timeout_s=30.0)
+    token = deadlines.deadline_var.set(time.monotonic() + 1.0)
+    try:
+        inventory_pb2_grpc.InventoryServiceStub(channel).GetProduct(pb.GetProductRequest(product_id="P001"))
+    finally:
+        deadlines.deadline_var.reset(token)
+        channel.close()
+    # The grpc-timeout header rounds up to the next millisecond or so.
+    assert 0 < recorder.remaining[0] <= 1.0 - deadlines.MARGIN_S + 0.01
+
+
+def test_an_expired_incoming_deadline_fails_the_outgoing_call_at_once(recorded):
+    _, address = recorded
+    channel = open_channel(address, SERVICE, default_timeout_s=30.0)
+    token = deadlines.deadline_var.set(time.monotonic() - 1)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            inventory_pb2_grpc.InventoryServiceStub(channel).GetProduct(pb.GetProductRequest(product_id="P001"))
+    finally:
+        deadlines.deadline_var.reset(token)
+        channel.close()
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_no_caller_deadline_means_none_is_propagated():
+    assert deadlines.deadline_from_remaining(9e18) is None
+    assert deadlines.deadline_from_remaining(None) is None
+
+
+def test_a_comma_separated_address_list_becomes_a_round_robin_target():
+    assert resolve_target("127.0.0.1:1,127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    assert resolve_target("dns:///inventory:50051") == "dns:///inventory:50051"
+    assert resolve_target("localhost:50051") == "localhost:50051"
+
+
+def test_each_rpc_logs_one_json_line_with_the_callers_request_id(inventory):
+    lines = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            lines.append(json.loads(JsonFormatter("inventory").format(record)))
+
+    handler = Capture()
+    logger = logging.getLogger("plumbing.rpc")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        stub = inventory_pb2_grpc.InventoryServiceStub(inventory.channel())
+        stub.GetProduct(pb.GetProductRequest(product_id="P001"), metadata=[("x-request-id", "req-42")], timeout=5)
+    finally:
+        logger.removeHandler(handler)
+    rpc_lines = [line for line in lines if line.get("grpc_method") == "GetProduct"]
+    assert len(rpc_lines) == 1
+    assert rpc_lines[0]["request_id"] == "req-42"
+    assert rpc_lines[0]["grpc_code"] == "OK"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_turns_health_not_serving_then_drains_and_exits(tmp_path):
+    port, metrics_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        INVENTORY_PORT=str(port),
+        METRICS_PORT=str(metrics_port),
+        DATA_DIR=str(tmp_path),
+        DRAIN_DELAY_S="1.5",
+        SHUTDOWN_GRACE_S="2",
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "inventory_svc"], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        assert health_of(channel) == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        statuses = set()
+        for _ in range(50):
+            try:
+                statuses.add(health_of(channel, SERVICE))
+            except grpc.RpcError:
+                break
+            if health_pb2.HealthCheckResponse.NOT_SERVING in statuses:
+                break
+            time.sleep(0.02)
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+        assert proc.wait(timeout=30) == 0
+        log = [json.loads(line) for line in proc.stderr.read().decode().splitlines() if line.startswith("{")]
+        assert [entry["message"] for entry in log][-2:] == ["shutdown requested", "stopped"]
+    finally:
+        channel.close()
+        if proc.poll() is None:
+            proc.kill()
