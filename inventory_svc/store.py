@@ -69,7 +69,7 @@ MIGRATIONS = (lambda conn: metadata.create_all(conn),)
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _product(row) -> Product:

@@ -11,8 +11,8 @@ committed copy is stale.
 import pathlib
 import sys
 
-from google.api import annotations_pb2
 import grpc_tools
+from google.api import annotations_pb2
 from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
