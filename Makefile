@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test gen lint clean
+.PHONY: run run-replicated test gen lint clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ gen: $(INSTALLED)
 ## run: every service on the embedded defaults; Ctrl-C stops them all
 run: $(INSTALLED) gen
 	$(BIN)/python -m scripts.run_local
+
+## run-replicated: two replicas of every process on PostgreSQL and Redis (POSTGRES_URL)
+run-replicated: $(INSTALLED) gen
+	$(BIN)/python -m scripts.run_local --replicas 2
 
 ## test: the whole suite (uses PostgreSQL and Redis on localhost when present)
 test: $(INSTALLED)
