@@ -1,0 +1,145 @@
+"""The whole shop as real processes on free ports, for end-to-end tests:
+scripts/run_local.py's plan, started and stopped from a test."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from scripts import run_local
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port_base(replicas: int, start: int) -> int:
+    """A port p with p + n * REPLICA_PORT_STEP free for every replica n."""
+    for base in range(start, start + 5000, 7):
+        if all(_free(base + n * run_local.REPLICA_PORT_STEP) for n in range(replicas)):
+            return base
+    raise RuntimeError("no free ports")
+
+
+@dataclass
+class Stack:
+    specs: list
+    procs: list = field(default_factory=list)
+    log_dir: str = ""
+
+    def gateway_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{s.port}" for s in self.specs if s.module == "gateway"]
+
+    def replicas_of(self, module: str) -> list:
+        return [(s, p) for s, p in self.procs if s.module == module]
+
+    def start(self) -> "Stack":
+        for spec in self.specs:
+            spec.env.setdefault("LOG_LEVEL", "WARNING")
+            self.procs.append((spec, self._spawn(spec)))
+        self.wait_ready()
+        return self
+
+    def restart(self, spec) -> None:
+        index = next(i for i, (s, _) in enumerate(self.procs) if s is spec)
+        self.procs[index] = (spec, self._spawn(spec))
+        self.wait_ready([spec])
+
+    def _spawn(self, spec) -> subprocess.Popen:
+        with open(os.path.join(self.log_dir, f"{spec.name}.log"), "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", spec.module], env=spec.env, cwd=ROOT, stdout=log, stderr=log
+            )
+
+    def wait_ready(self, specs=None, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        for spec in specs or self.specs:
+            while True:
+                if self._ready(spec):
+                    break
+                proc = next(p for s, p in self.procs if s is spec)
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{spec.name} exited with {proc.returncode}; see {self.log_dir}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{spec.name} not ready in {timeout_s}s; see {self.log_dir}")
+                time.sleep(0.1)
+
+    @staticmethod
+    def _ready(spec) -> bool:
+        if spec.module == "gateway":
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{spec.port}/health", timeout=1) as r:
+                    return r.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+        with grpc.insecure_channel(f"127.0.0.1:{spec.port}") as channel:
+            try:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                return status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                return False
+
+    def stop(self) -> None:
+        run_local.stop(self.procs)
+
+
+def plan_stack(replicas: int, environ: dict[str, str]) -> list:
+    """run_local's plan on free ports, so a developer's `make run` can keep going."""
+    env = dict(os.environ, **environ)
+    for service, start in (("INVENTORY", 41000), ("PAYMENT", 42000), ("ORDER", 43000)):
+        env[f"{service}_PORT"] = str(free_port_base(replicas, start))
+        env[f"{service}_METRICS_PORT"] = str(free_port_base(replicas, start + 500))
+        env.pop(f"{service}_ADDR", None)
+    env["GATEWAY_PORT"] = str(_free_run(replicas, 44000))
+    return run_local.plan(env, replicas)
+
+
+def _free_run(count: int, start: int) -> int:
+    """A port p with p .. p + count - 1 free (gateways take consecutive ports)."""
+    for base in range(start, start + 5000, count + 3):
+        if all(_free(base + n) for n in range(count)):
+            return base
+    raise RuntimeError("no free ports")
+
+
+def http(method: str, url: str, body=None, headers=None, timeout: float = 30):
+    """(status, headers, parsed JSON body) without raising on 4xx/5xx."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        payload = error.read()
+        return error.code, dict(error.headers), json.loads(payload) if payload else None
+
+
+def metric_total(port: int, name: str, **labels) -> float:
+    """Sum of a metric's samples whose labels include `labels`, from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        label_text, value = line[len(name) + 1 :].rsplit("} ", 1)
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
