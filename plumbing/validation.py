@@ -22,7 +22,7 @@ class Violations:
         if not value:
             if required:
                 self.add(field_path, "is required")
-        elif not ID_PATTERN.match(value):
+        elif not ID_PATTERN.fullmatch(value):
             self.add(field_path, "must match ^[A-Za-z0-9_-]{1,64}$")
 
     def check_range(self, field_path: str, value: int, low: int, high: int) -> None:

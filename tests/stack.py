@@ -52,7 +52,11 @@ class Stack:
         for spec in self.specs:
             spec.env.setdefault("LOG_LEVEL", "WARNING")
             self.procs.append((spec, self._spawn(spec)))
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def restart(self, spec) -> None:

@@ -51,12 +51,14 @@ def replicated(tmp_path):
         "MAX_CONNECTION_AGE_S": "5",
         "RECOVERY_INTERVAL_S": "1",
     }
-    stack = Stack(plan_stack(2, environ), log_dir=str(tmp_path)).start()
-    yield stack
-    stack.stop()
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        for name in names.values():
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        stack = Stack(plan_stack(2, environ), log_dir=str(tmp_path)).start()
+        yield stack
+        stack.stop()
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            for name in names.values():
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def put_product(gateway: str, product_id: str, available: int) -> None:

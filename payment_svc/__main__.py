@@ -1,0 +1,23 @@
+"""python -m payment_svc: read config, build the store and servicer, serve."""
+
+from payment_svc.server import SERVICE_NAME, PaymentServicer
+from payment_svc.store import PaymentStore
+from plumbing import db
+from plumbing.config import ServerConfig, exits_on_config_error
+from plumbing.logs import setup_logging
+from plumbing.server import Service, serve
+from shop.payment.v1 import payment_pb2_grpc
+
+
+@exits_on_config_error
+def main() -> None:
+    config = ServerConfig.from_env("payment")
+    setup_logging("payment", config.log.level, config.log.format)
+    engine = db.open_engine(config.database_url, pool_size=config.workers)
+    servicer = PaymentServicer(PaymentStore(engine))
+    service = Service(SERVICE_NAME, servicer, payment_pb2_grpc.add_PaymentServiceServicer_to_server)
+    serve(config, [service], on_stop=engine.dispose)
+
+
+if __name__ == "__main__":
+    main()

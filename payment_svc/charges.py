@@ -1,0 +1,196 @@
+"""Card rules and the simulated card processor, with no gRPC and no SQL: what
+a valid card is (Luhn, expiry, CVC), its brand, tokenization, the test tokens
+and cards, and what a charge comes to.
+
+A card number or CVC goes into tokenize() and nothing of it comes out but the
+brand, the last four digits and the processor's behaviour for that card; no
+message here ever quotes either.
+"""
+
+import datetime as dt
+import re
+import secrets
+from dataclasses import dataclass
+
+from plumbing.validation import Violations
+
+# Payment statuses, named as in the proto enum.
+CAPTURED, DECLINED, REFUNDED = "CAPTURED", "DECLINED", "REFUNDED"
+
+# How the simulated processor treats a card, decided when it is tokenized.
+APPROVE = "approve"
+CARD_DECLINED = "card_declined"
+INSUFFICIENT_FUNDS = "insufficient_funds"
+# A decline reason decided at charge time, from the expiry kept with the card.
+EXPIRED_CARD = "expired_card"
+
+# Stripe's test cards that decline; any other valid card is approved.
+DECLINING_CARDS = {
+    "4000000000000002": CARD_DECLINED,
+    "4000000000009995": INSUFFICIENT_FUNDS,
+}
+
+TOKEN_PREFIX = "tok_"
+PAYMENT_METHOD_PREFIX = "pm_"
+PAYMENT_PREFIX = "pay_"
+
+MIN_CARD_DIGITS, MAX_CARD_DIGITS = 12, 19
+MIN_AMOUNT_CENTS = 1
+# A typo guard far above any order (50 items x 1000 x $1,000,000 is 5e12),
+# and below 2**53, so the amount stays exact in any client's JSON number.
+MAX_AMOUNT_CENTS = 10**15
+CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class PaymentMethod:
+    """A tokenized card, or a test token. Never the number or the CVC."""
+
+    id: str
+    card_brand: str
+    card_last4: str
+    # None for a test token, which never expires.
+    exp_month: int | None
+    exp_year: int | None
+    # APPROVE, CARD_DECLINED or INSUFFICIENT_FUNDS.
+    processor_outcome: str
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """The processor's answer to one charge."""
+
+    status: str  # CAPTURED or DECLINED
+    decline_reason: str  # empty unless DECLINED
+
+
+@dataclass(frozen=True)
+class Payment:
+    id: str
+    order_id: str
+    amount_cents: int
+    currency: str
+    status: str
+    card_brand: str
+    card_last4: str
+    decline_reason: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+TEST_TOKENS = {
+    method.id: method
+    for method in (
+        PaymentMethod("tok_visa", "visa", "4242", None, None, APPROVE),
+        PaymentMethod("tok_mastercard", "mastercard", "4444", None, None, APPROVE),
+        PaymentMethod("tok_chargeDeclined", "visa", "0002", None, None, CARD_DECLINED),
+        PaymentMethod("tok_insufficientFunds", "visa", "9995", None, None, INSUFFICIENT_FUNDS),
+    )
+}
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_payment_method_id() -> str:
+    return PAYMENT_METHOD_PREFIX + secrets.token_hex(12)
+
+
+def new_payment_id() -> str:
+    return PAYMENT_PREFIX + secrets.token_hex(12)
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum of a string of ASCII digits."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def card_brand(digits: str) -> str:
+    """visa, mastercard, amex, discover or unknown, from the number's prefix."""
+    if digits.startswith("4"):
+        return "visa"
+    if digits[:2] in ("34", "37"):
+        return "amex"
+    if "51" <= digits[:2] <= "55" or (len(digits) >= 4 and "2221" <= digits[:4] <= "2720"):
+        return "mastercard"
+    if digits.startswith(("6011", "65")):
+        return "discover"
+    return "unknown"
+
+
+def is_expired(exp_month: int, exp_year: int, now: dt.datetime) -> bool:
+    """A card is good through the last moment of its expiry month, UTC."""
+    now = now.astimezone(dt.UTC)
+    return (exp_year, exp_month) < (now.year, now.month)
+
+
+def tokenize(number: str, exp_month: int, exp_year: int, cvc: str, now: dt.datetime) -> PaymentMethod:
+    """Check a card and keep only what may be kept. Every problem is reported
+    at once, as field violations that never quote the number or the CVC."""
+    violations = Violations()
+    digits = number.replace(" ", "")
+    # str.isdigit() would let other scripts' digits through; only 0-9 are card digits.
+    all_digits = bool(_ASCII_DIGITS.fullmatch(digits))
+    if not digits:
+        violations.add("card.number", "is required")
+    elif not all_digits:
+        violations.add("card.number", "must contain only digits (spaces are allowed)")
+    elif not MIN_CARD_DIGITS <= len(digits) <= MAX_CARD_DIGITS:
+        violations.add("card.number", f"must have {MIN_CARD_DIGITS} to {MAX_CARD_DIGITS} digits")
+    elif not luhn_valid(digits):
+        violations.add("card.number", "is not a valid card number (checksum failed)")
+    brand = card_brand(digits) if all_digits else "unknown"
+
+    month_ok = 1 <= exp_month <= 12
+    year_ok = 1000 <= exp_year <= 9999
+    if not month_ok:
+        violations.add("card.exp_month", "must be between 1 and 12")
+    if not year_ok:
+        violations.add("card.exp_year", "must be a four-digit year")
+    if month_ok and year_ok and is_expired(exp_month, exp_year, now):
+        if exp_year < now.astimezone(dt.UTC).year:
+            violations.add("card.exp_year", "the card has expired")
+        else:
+            violations.add("card.exp_month", "the card has expired")
+
+    cvc_length = 4 if brand == "amex" else 3
+    if not cvc:
+        violations.add("card.cvc", "is required")
+    elif not (_ASCII_DIGITS.fullmatch(cvc) and len(cvc) == cvc_length):
+        violations.add("card.cvc", f"must be {cvc_length} digits")
+
+    violations.raise_if_any()
+    return PaymentMethod(
+        id=new_payment_method_id(),
+        card_brand=brand,
+        card_last4=digits[-4:],
+        exp_month=exp_month,
+        exp_year=exp_year,
+        processor_outcome=DECLINING_CARDS.get(digits, APPROVE),
+    )
+
+
+def check_charge(violations: Violations, amount_cents: int, currency: str) -> None:
+    if not MIN_AMOUNT_CENTS <= amount_cents <= MAX_AMOUNT_CENTS:
+        violations.add("amount_cents", f"must be between {MIN_AMOUNT_CENTS} and {MAX_AMOUNT_CENTS}")
+    if not CURRENCY_PATTERN.fullmatch(currency):
+        violations.add("currency", "must be an ISO 4217 code such as USD")
+
+
+def authorize(method: PaymentMethod, now: dt.datetime) -> Authorization:
+    """What the simulated processor answers to a charge on this method now."""
+    if method.exp_month is not None and is_expired(method.exp_month, method.exp_year, now):
+        return Authorization(DECLINED, EXPIRED_CARD)
+    if method.processor_outcome == APPROVE:
+        return Authorization(CAPTURED, "")
+    return Authorization(DECLINED, method.processor_outcome)

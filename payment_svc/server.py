@@ -1,0 +1,118 @@
+"""PaymentService over gRPC: proto <-> domain, and nothing else.
+
+Request bodies carry card numbers here: nothing in this module logs a
+request or puts a card field's value into an error.
+"""
+
+import datetime as dt
+from collections.abc import Callable
+
+from google.protobuf import timestamp_pb2
+
+from payment_svc import charges
+from payment_svc.store import PaymentStore
+from plumbing.errors import invalid_argument
+from plumbing.validation import ID_PATTERN, Violations
+from shop.payment.v1 import payment_pb2 as pb
+from shop.payment.v1 import payment_pb2_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PaymentService"].full_name
+
+
+def _timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def payment_method_to_pb(method: charges.PaymentMethod) -> pb.PaymentMethod:
+    return pb.PaymentMethod(
+        id=method.id,
+        card_brand=method.card_brand,
+        card_last4=method.card_last4,
+        exp_month=method.exp_month,
+        exp_year=method.exp_year,
+    )
+
+
+def payment_to_pb(payment: charges.Payment) -> pb.Payment:
+    return pb.Payment(
+        id=payment.id,
+        order_id=payment.order_id,
+        amount_cents=payment.amount_cents,
+        currency=payment.currency,
+        status=pb.PaymentStatus.Value(payment.status),
+        card_brand=payment.card_brand,
+        card_last4=payment.card_last4,
+        decline_reason=payment.decline_reason,
+        created_at=_timestamp(payment.created_at),
+        updated_at=_timestamp(payment.updated_at),
+    )
+
+
+def _order_id(request) -> str:
+    violations = Violations()
+    violations.check_id("order_id", request.order_id)
+    violations.raise_if_any()
+    return request.order_id
+
+
+class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
+    def __init__(self, store: PaymentStore, clock: Callable[[], dt.datetime] = charges.utc_now):
+        self.store = store
+        # Expiry is judged against this clock, at tokenization and at charge time.
+        self.clock = clock
+
+    def CreatePaymentMethod(self, request, context):
+        if not request.HasField("card"):
+            raise invalid_argument([("card", "is required")])
+        card = request.card
+        method = charges.tokenize(card.number, card.exp_month, card.exp_year, card.cvc, self.clock())
+        self.store.add_payment_method(method)
+        return payment_method_to_pb(method)
+
+    def GetPayment(self, request, context):
+        violations = Violations()
+        violations.check_id("payment_id", request.payment_id)
+        violations.raise_if_any()
+        return payment_to_pb(self.store.get_payment(request.payment_id))
+
+    def ListPayments(self, request, context):
+        payments = self.store.list_payments(_order_id(request))
+        return pb.ListPaymentsResponse(payments=[payment_to_pb(p) for p in payments])
+
+    def Charge(self, request, context):
+        violations = Violations()
+        violations.check_id("order_id", request.order_id)
+        charges.check_charge(violations, request.amount_cents, request.currency)
+        method = None
+        if not request.payment_method:
+            violations.add("payment_method", "is required")
+        else:
+            method = self._payment_method(request.payment_method)
+            if method is None:
+                # Not quoted: a caller may have pasted a card number here.
+                violations.add(
+                    "payment_method",
+                    "is not a known test token (tok_...) or payment method id (pm_...)",
+                )
+        violations.raise_if_any()
+        authorization = charges.authorize(method, self.clock())
+        payment = self.store.charge(
+            request.order_id, request.amount_cents, request.currency, method, authorization
+        )
+        return payment_to_pb(payment)
+
+    def Void(self, request, context):
+        payments = self.store.void(_order_id(request))
+        return pb.VoidResponse(payments=[payment_to_pb(p) for p in payments])
+
+    def Refund(self, request, context):
+        return payment_to_pb(self.store.refund(_order_id(request)))
+
+    def _payment_method(self, reference: str) -> charges.PaymentMethod | None:
+        if reference in charges.TEST_TOKENS:
+            return charges.TEST_TOKENS[reference]
+        if reference.startswith(charges.PAYMENT_METHOD_PREFIX) and ID_PATTERN.fullmatch(reference):
+            return self.store.find_payment_method(reference)
+        return None
