@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import POSTGRES_ADMIN_URL
-from tests.stack import Stack, http, metric_total, plan_stack
+from scripts.stack import Stack, http, metric_total, plan_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -84,9 +84,16 @@ def test_two_hundred_orders_for_fifty_units_across_replicas(replicated):
     results = []
 
     def order(n):
-        if n == 80:
-            # Both inventory replicas have served by now; lose one mid-run.
-            reserved = [metric_total(s.metrics_port, "grpc_server_handled_total", grpc_method="Reserve") for s, _ in inventory]
+        if n == 30:
+            # Lose one inventory replica mid-run, once both have served.
+            for _ in range(100):
+                reserved = [
+                    metric_total(s.metrics_port, "grpc_server_handled_total", grpc_method="Reserve")
+                    for s, _ in inventory
+                ]
+                if all(reserved):
+                    break
+                time.sleep(0.05)
             inventory[1][1].send_signal(signal.SIGKILL)
             killed.set()
             results.append(("reserved-by-replica", reserved))

@@ -1,5 +1,5 @@
-"""The whole shop as real processes on free ports, for end-to-end tests:
-scripts/run_local.py's plan, started and stopped from a test."""
+"""The whole shop as real processes on free ports, for end-to-end tests and
+benchmarks: scripts/run_local.py's plan, started and stopped from code."""
 
 import json
 import os
