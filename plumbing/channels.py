@@ -13,6 +13,8 @@ from plumbing import metrics
 from plumbing.deadlines import timeout_for_call
 from plumbing.logs import request_id_var
 
+MAX_RECONNECT_BACKOFF_MS = 5_000
+
 
 def resolve_target(address: str) -> str:
     """A gRPC target for INVENTORY_ADDR and friends.
@@ -145,6 +147,10 @@ def open_channel(
             ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
+            # After a long outage the default backoff (up to 120 s) would keep
+            # failing calls fast long after the backend is back; orders must
+            # settle within 30 s of it answering again.
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ],
     )
     return grpc.intercept_channel(channel, DeadlineInterceptor(default_timeout_s))

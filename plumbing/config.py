@@ -125,3 +125,31 @@ class UpstreamConfig:
             order_addr=env_str("ORDER_ADDR", f"localhost:{DEFAULT_PORTS['order']}"),
             timeout_s=env_float(timeout_env, default_timeout_s, minimum=0.001),
         )
+
+
+@dataclass(frozen=True)
+class OrderConfig:
+    """What the order service needs beyond ServerConfig: its upstreams, how
+    long it waits for them, and how it recovers orders left PENDING."""
+
+    inventory_addr: str
+    payment_addr: str
+    # The deadline of a call to inventory or payment when the incoming call
+    # has none; with one, each call gets at most its remaining time.
+    downstream_timeout_s: float = 5.0
+    # How often the recovery loop looks for orders left PENDING.
+    recovery_interval_s: float = 5.0
+    # An order untouched this long, with no live lease, is recovered: by
+    # default the longest a call upstream may take.
+    recovery_after_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> "OrderConfig":
+        upstream = UpstreamConfig.from_env("DOWNSTREAM_TIMEOUT_S", 5.0)
+        return cls(
+            inventory_addr=upstream.inventory_addr,
+            payment_addr=upstream.payment_addr,
+            downstream_timeout_s=upstream.timeout_s,
+            recovery_interval_s=env_float("RECOVERY_INTERVAL_S", 5.0, minimum=0.01),
+            recovery_after_s=env_float("RECOVERY_AFTER_S", upstream.timeout_s),
+        )

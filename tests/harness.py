@@ -4,12 +4,21 @@ Composition mirrors each service's __main__ (store -> servicer -> server),
 so what is tested is what runs.
 """
 
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
 
 from plumbing import db
 from plumbing.server import Service, ShopServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -18,6 +27,10 @@ class Running:
     servicer: object
     engine: object
     channels: list = field(default_factory=list)
+    # Loops the service runs beside its server (order recovery): (stop event, thread).
+    background: list = field(default_factory=list)
+    # Channels the service calls other services on, closed once it has stopped.
+    upstream_channels: list = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -29,12 +42,18 @@ class Running:
         return channel
 
     def stop(self, grace_s: float = 0) -> None:
+        for stopping, _ in self.background:
+            stopping.set()
+        for _, thread in self.background:
+            thread.join()
         for channel in self.channels:
             channel.close()
         self.server.stop(grace_s)
         close = getattr(self.servicer, "close", None)
         if close:
             close()
+        for channel in self.upstream_channels:
+            channel.close()
         self.engine.dispose()
 
 
@@ -43,21 +62,228 @@ def start(service: Service, engine, port: int = 0) -> Running:
     return Running(server, service.servicer, engine)
 
 
-def run_inventory(database_url: str, port: int = 0) -> Running:
+def run_inventory(database_url: str, port: int = 0, wrap: Callable = lambda servicer: servicer) -> Running:
     from inventory_svc.server import SERVICE_NAME, InventoryServicer
     from inventory_svc.store import InventoryStore
     from shop.inventory.v1 import inventory_pb2_grpc
 
     engine = db.open_engine(database_url)
-    servicer = InventoryServicer(InventoryStore(engine))
+    servicer = wrap(InventoryServicer(InventoryStore(engine)))
     return start(Service(SERVICE_NAME, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server), engine, port)
 
 
-def run_payment(database_url: str, port: int = 0) -> Running:
+def run_payment(database_url: str, port: int = 0, wrap: Callable = lambda servicer: servicer) -> Running:
     from payment_svc.server import SERVICE_NAME, PaymentServicer
     from payment_svc.store import PaymentStore
     from shop.payment.v1 import payment_pb2_grpc
 
     engine = db.open_engine(database_url)
-    servicer = PaymentServicer(PaymentStore(engine))
+    servicer = wrap(PaymentServicer(PaymentStore(engine)))
     return start(Service(SERVICE_NAME, servicer, payment_pb2_grpc.add_PaymentServiceServicer_to_server), engine, port)
+
+
+def run_order(
+    database_url: str, inventory_addr: str, payment_addr: str, port: int = 0, recover: bool = True, **settings
+) -> Running:
+    """The order service, calling inventory and payment at the given
+    addresses, with its recovery loop unless recover=False. `settings`
+    override OrderConfig's fields (tests use short recovery intervals)."""
+    from order_svc.__main__ import build_saga
+    from order_svc.server import SERVICE_NAME, OrderServicer
+    from order_svc.store import OrderStore
+    from plumbing.config import OrderConfig
+    from shop.order.v1 import order_pb2_grpc
+
+    config = OrderConfig(inventory_addr=inventory_addr, payment_addr=payment_addr, **settings)
+    engine = db.open_engine(database_url)
+    saga, upstream_channels = build_saga(config, OrderStore(engine))
+    servicer = OrderServicer(saga)
+    running = start(Service(SERVICE_NAME, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server), engine, port)
+    running.upstream_channels = upstream_channels
+    if recover:
+        stopping = threading.Event()
+        thread = threading.Thread(target=saga.run_recovery, args=(stopping,), name="order-recovery", daemon=True)
+        thread.start()
+        running.background.append((stopping, thread))
+    return running
+
+
+class Faults:
+    """A servicer wrapped (run_inventory(url, wrap=Faults)) so that a test
+    can make its methods fail, stall or hang as a sick upstream would, and
+    see what it was asked. rules["Charge"] = rule runs rule(request,
+    context, method) in place of the method; `calls` lists (name, request)
+    as calls arrive, `handled` as they are answered (or fail)."""
+
+    def __init__(self, servicer):
+        self.servicer = servicer
+        self.rules: dict[str, Callable] = {}
+        self.calls: list[tuple[str, object]] = []
+        self.handled: list[tuple[str, object]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        method = getattr(self.servicer, name)
+        if not name[:1].isupper() or not callable(method):
+            return method
+
+        def faulty(request, context):
+            with self._lock:
+                self.calls.append((name, request))
+            rule = self.rules.get(name)
+            try:
+                return rule(request, context, method) if rule else method(request, context)
+            finally:
+                with self._lock:
+                    self.handled.append((name, request))
+
+        return faulty
+
+    def requests(self, name: str) -> list:
+        with self._lock:
+            return [request for called, request in self.calls if called == name]
+
+    def answered(self, name: str) -> list:
+        with self._lock:
+            return [request for called, request in self.handled if called == name]
+
+
+@dataclass
+class OrderProcess:
+    """`python -m order_svc` as a real process, to be killed mid-saga."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no compensation; whatever it had in memory is lost."""
+        self.process.kill()
+        self.process.wait()
+
+
+def spawn_order(database_url: str, inventory_addr: str, payment_addr: str, log_path: str, **env) -> OrderProcess:
+    """Start the order service process on free ports; returns once it serves."""
+    environ = dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        INVENTORY_ADDR=inventory_addr,
+        PAYMENT_ADDR=payment_addr,
+        ORDER_PORT="0",
+        METRICS_PORT="0",
+        LOG_FORMAT="json",
+        **env,
+    )
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "order_svc"], env=environ, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+    give_up = time.monotonic() + 30
+    while time.monotonic() < give_up:
+        with open(log_path) as log:
+            for line in log:
+                if line.startswith("{") and json.loads(line).get("message") == "serving":
+                    return OrderProcess(process, json.loads(line)["port"], log_path)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    with open(log_path) as log:
+        raise RuntimeError(f"order service did not start:\n{log.read()}")
+
+
+@dataclass
+class OrderShop:
+    """Inventory and payment in-process, each wrapped in Faults, and the
+    order service calling them: what the order tests run against."""
+
+    urls: dict[str, str]
+    inventory: Running
+    payment: Running
+    order: Running | None
+    order_settings: dict
+    replicas: list = field(default_factory=list)
+
+    # Quick recovery, so tests settle in well under a second.
+    FAST = dict(downstream_timeout_s=2.0, recovery_interval_s=0.05, recovery_after_s=0.1)
+
+    @classmethod
+    def start(cls, database_url, upstream_url=None, with_order: bool = True, **order_settings) -> "OrderShop":
+        """database_url("order") holds the orders; inventory and payment use
+        upstream_url (default: database_url too)."""
+        upstream_url = upstream_url or database_url
+        urls = {"inventory": upstream_url("inventory"), "payment": upstream_url("payment"), "order": database_url("order")}
+        inventory = run_inventory(urls["inventory"], wrap=Faults)
+        payment = run_payment(urls["payment"], wrap=Faults)
+        settings = {**cls.FAST, **order_settings}
+        shop = cls(urls, inventory, payment, None, settings)
+        if with_order:
+            shop.order = shop.start_order()
+        return shop
+
+    def start_order(self, **settings) -> Running:
+        """An order service (one more replica) on the shop's order database."""
+        running = run_order(
+            self.urls["order"], self.inventory.address, self.payment.address, **{**self.order_settings, **settings}
+        )
+        self.replicas.append(running)
+        return running
+
+    @property
+    def inventory_faults(self) -> Faults:
+        return self.inventory.servicer
+
+    @property
+    def payment_faults(self) -> Faults:
+        return self.payment.servicer
+
+    def orders(self, running: Running | None = None):
+        from shop.order.v1 import order_pb2_grpc
+
+        return order_pb2_grpc.OrderServiceStub((running or self.order).channel())
+
+    def inventory_stub(self):
+        from shop.inventory.v1 import inventory_pb2_grpc
+
+        return inventory_pb2_grpc.InventoryServiceStub(self.inventory.channel())
+
+    def payment_stub(self):
+        from shop.payment.v1 import payment_pb2_grpc
+
+        return payment_pb2_grpc.PaymentServiceStub(self.payment.channel())
+
+    def stop_upstream(self, name: str) -> int:
+        """Stop inventory or payment (its port refuses calls); returns the port."""
+        running = getattr(self, name)
+        running.stop()
+        return running.server.port
+
+    def restart_upstream(self, name: str, port: int) -> None:
+        """Start inventory or payment again on its database and old port."""
+        run = run_inventory if name == "inventory" else run_payment
+        setattr(self, name, run(self.urls[name], port=port, wrap=Faults))
+
+    def stop(self) -> None:
+        for running in self.replicas:
+            running.stop()
+        for running in (self.payment, self.inventory):
+            running.stop()  # harmless if the test stopped it already
+
+
+def eventually(check: Callable, timeout_s: float = 20, what: str = "the condition"):
+    """Poll `check` until it returns something truthy, and return that. For
+    outcomes reached in the background (recovery, settling); the timeout
+    only bounds a hung test, it is not what is tested."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > give_up:
+            raise AssertionError(f"{what} did not happen within {timeout_s}s (last: {result!r})")
+        time.sleep(0.02)

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import POSTGRES_ADMIN_URL
 from scripts.stack import Stack, http, metric_total, plan_stack
+from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,367 @@
+"""The REST gateway's Flask application: routes transcoded from the protos'
+HTTP annotations, the operations routes, and the hooks every request passes
+through (request id, body limit, rate limit, metrics, one access-log line)."""
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+from flask import Flask, current_app, g, request
+from flask_limiter.errors import RateLimitExceeded
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from gateway import metrics
+from gateway.config import GatewayConfig
+from gateway.errors import ApiError, from_upstream, gateway_error, invalid_argument
+from gateway.mesh import check_backends, overall_status, service_status
+from gateway.openapi import openapi_document
+from gateway.ratelimit import install_rate_limit
+from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
+from gateway.upstreams import SERVICES, Upstreams, shop_backends
+from plumbing.logs import request_id_var
+
+log = logging.getLogger("gateway")
+access_log = logging.getLogger("gateway.access")
+
+# Sane ids pass through (printable ASCII, as gRPC metadata needs); others are replaced.
+_REQUEST_ID = re.compile(r"[\x20-\x7e]{1,128}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+# Not rate limited, not transcoded: the gateway's own operations routes.
+OPERATIONS_ROUTES = (
+    "/health",
+    "/ready",
+    "/metrics",
+    "/mesh/traffic-stats",
+    "/mesh/service-status",
+    "/openapi.json",
+)
+
+
+@dataclass
+class Gateway:
+    """What the request hooks and views share, kept on app.extensions."""
+
+    config: GatewayConfig
+    bindings: list[Binding]
+    upstreams: Upstreams
+    started_at: float
+    # Flask endpoint -> route template, for metrics and logs.
+    routes: dict[str, str] = field(default_factory=dict)
+
+
+class GatewayFlask(Flask):
+    def make_default_options_response(self):
+        # Flask's default is an empty text/html 200; an empty 204 says the same without HTML.
+        response = super().make_default_options_response()
+        allow = response.headers.get("Allow", "")
+        response = self.response_class(status=204)
+        response.headers["Allow"] = allow
+        del response.headers["Content-Type"]
+        return response
+
+
+def create_app(config: GatewayConfig | None = None, started_at: float | None = None) -> Flask:
+    config = config or GatewayConfig.from_env()
+    config.validate()
+    bindings = route_table(SERVICES)
+    read_methods: dict[str, list[str]] = {}
+    for binding in bindings:
+        if binding.verb == "GET":
+            read_methods.setdefault(binding.backend, []).append(binding.method.name)
+    upstreams = Upstreams(
+        shop_backends(config.upstreams, {name: tuple(methods) for name, methods in read_methods.items()}),
+        config.upstreams.timeout_s,
+    )
+    gateway = Gateway(config, bindings, upstreams, started_at or time.time())
+
+    app = GatewayFlask("gateway")
+    # One byte over the limit, so _read_body can tell "exactly at the limit"
+    # from "over it" (werkzeug's limited stream silently stops at the limit).
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes + 1
+    app.extensions["shop_gateway"] = gateway
+    # No redirects (they answer HTML): /orders/ is /orders, // is not merged.
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
+    if config.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies)
+
+    # Registered before the limiter's hooks: the request id exists before a
+    # 429 is raised, and the access log sees the limiter's headers.
+    app.before_request(_begin_request)
+    app.after_request(_finish_request)
+    app.teardown_request(_end_request)
+
+    for binding in bindings:
+        app.add_url_rule(
+            binding.rule, endpoint=binding.endpoint, view_func=_transcoder(binding), methods=[binding.verb]
+        )
+        gateway.routes[binding.endpoint] = binding.template
+    _add_operations_routes(app, gateway)
+    install_rate_limit(app, config, exempt=lambda: gateway.routes.get(request.endpoint) in OPERATIONS_ROUTES)
+
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def _gateway() -> Gateway:
+    return current_app.extensions["shop_gateway"]
+
+
+# --- request hooks -----------------------------------------------------------
+
+
+def _begin_request() -> None:
+    g.started = time.perf_counter()
+    g.upstream_code = ""
+    offered = request.headers.get("X-Request-ID", "").strip()
+    g.request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    g.request_id_token = request_id_var.set(g.request_id)
+    limit = _gateway().config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        # Refused on the header alone, before a byte of the body is read.
+        raise RequestEntityTooLarge()
+
+
+def _finish_request(response):
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    if response.status_code != 429:
+        # Flask-Limiter sets Retry-After on every response; it means something only on a 429.
+        response.headers.pop("Retry-After", None)
+    for name, value in g.get("error_headers", {}).items():
+        response.headers[name] = value
+    route = _route_template()
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    metrics.observe_request(route, request.method, response.status_code, elapsed)
+    if response.status_code == 429 and g.get("rate_limited"):
+        metrics.rate_limited.labels(route).inc()
+    access_log.info(
+        "request",
+        extra={
+            "request_id": g.get("request_id", ""),
+            "client_ip": request.remote_addr,
+            "method": request.method,
+            "route": route,
+            "status": response.status_code,
+            "duration_ms": round(elapsed * 1000, 2),
+            "upstream_code": g.get("upstream_code", ""),
+        },
+    )
+    return response
+
+
+def _end_request(_error) -> None:
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        request_id_var.reset(token)
+
+
+def _route_template() -> str:
+    return _gateway().routes.get(request.endpoint, metrics.UNMATCHED_ROUTE)
+
+
+# --- transcoded routes -------------------------------------------------------
+
+
+def _transcoder(binding: Binding):
+    def transcode(**path_values):
+        gateway = _gateway()
+        if binding.options.admin:
+            _authorize_admin(gateway.config.admin_token)
+        try:
+            message = build_request(
+                binding,
+                path_values,
+                list(request.args.items(multi=True)),
+                _read_body(gateway.config.max_body_bytes) if binding.body else None,
+            )
+        except RequestError as error:
+            raise invalid_argument(error.message, error.violations) from None
+        try:
+            response = gateway.upstreams.call(
+                binding.backend, binding.full_method, message, binding.response_class, _outgoing_metadata()
+            )
+        except grpc.RpcError as error:
+            api_error = from_upstream(error, binding.backend, gateway.upstreams.timeout_s)
+            g.upstream_code = api_error.upstream_code
+            raise api_error from None
+        g.upstream_code = grpc.StatusCode.OK.name
+        answer = _json_response(response_json(binding, response), binding.success_status)
+        location = location_for(binding, response)
+        if location:
+            answer.headers["Location"] = location
+        return answer
+
+    transcode.__name__ = binding.endpoint
+    return transcode
+
+
+def _read_body(limit: int) -> bytes:
+    """The whole body, or 413 once it passes `limit` (a chunked body has no
+    Content-Length to check up front)."""
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = request.stream.read(min(64 * 1024, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    return b"".join(chunks)
+
+
+def _outgoing_metadata() -> list[tuple[str, str]]:
+    metadata = [("x-request-id", g.request_id)]
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        if not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise invalid_argument(
+                "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
+                [("Idempotency-Key", "must be 1 to 255 printable ASCII characters without spaces")],
+            )
+        metadata.append(("idempotency-key", key))
+    return metadata
+
+
+def _authorize_admin(admin_token: str) -> None:
+    if not admin_token:
+        raise gateway_error(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "admin routes are disabled: the gateway has no ADMIN_TOKEN",
+        )
+    scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+    challenge = 'Bearer realm="shop admin"'
+    if scheme.lower() != "bearer" or not offered.strip():
+        raise gateway_error(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "this route needs Authorization: Bearer <admin token>",
+            headers={"WWW-Authenticate": challenge},
+        )
+    if not hmac.compare_digest(offered.strip().encode(), admin_token.encode()):
+        raise gateway_error(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "the admin token is not valid",
+            headers={"WWW-Authenticate": challenge + ', error="invalid_token"'},
+        )
+
+
+# --- operations routes -------------------------------------------------------
+
+
+def _add_operations_routes(app: Flask, gateway: Gateway) -> None:
+    services = {name: service.full_name for name, service in SERVICES.items()}
+
+    def health():
+        return _json_response({"status": "ok"})
+
+    def ready():
+        reports = check_backends(gateway.upstreams, [("x-request-id", g.request_id)])
+        status = overall_status(reports)
+        body = {
+            "status": "ready" if status == "SERVING" else "not_ready",
+            "backends": {report.backend.name: report.to_json() for report in reports},
+        }
+        if status != "SERVING":
+            down = ", ".join(r.backend.name for r in reports if r.status != "SERVING")
+            error = gateway_error(grpc.StatusCode.UNAVAILABLE, f"not ready: {down} not serving", "NOT_READY")
+            body.update(error.body(g.request_id))
+            return _json_response(body, 503)
+        return _json_response(body)
+
+    def prometheus_metrics():
+        return app.response_class(metrics.exposition(), content_type=metrics.EXPOSITION_CONTENT_TYPE)
+
+    def traffic_stats():
+        return _json_response(metrics.traffic_stats(gateway.started_at, services))
+
+    def mesh_service_status():
+        return _json_response(service_status(gateway.upstreams, [("x-request-id", g.request_id)]))
+
+    def openapi():
+        return _json_response(openapi_document(gateway.bindings, OPERATIONS_ROUTES))
+
+    views = {
+        "/health": health,
+        "/ready": ready,
+        "/metrics": prometheus_metrics,
+        "/mesh/traffic-stats": traffic_stats,
+        "/mesh/service-status": mesh_service_status,
+        "/openapi.json": openapi,
+    }
+    for path, view in views.items():
+        app.add_url_rule(path, endpoint=view.__name__, view_func=view, methods=["GET"])
+        gateway.routes[view.__name__] = path
+
+
+# --- responses and errors ----------------------------------------------------
+
+
+def _json_response(body, status: int = 200, headers: dict[str, str] | None = None):
+    response = current_app.response_class(
+        json.dumps(body, ensure_ascii=False) + "\n", status=status, mimetype="application/json"
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _api_error(error: ApiError):
+    # Re-applied after Flask-Limiter's hook, which would replace Retry-After.
+    g.error_headers = error.headers
+    return _json_response(error.body(g.get("request_id", "")), error.http_status, error.headers)
+
+
+def _http_error(error: HTTPException):
+    """Flask's own errors (no route, wrong method, body too large, 429) in the API's shape."""
+    if isinstance(error, RateLimitExceeded):
+        g.rate_limited = True
+        api_error = gateway_error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"rate limit exceeded: {error.description}; retry after the time in Retry-After",
+            "RATE_LIMITED",
+        )
+    elif isinstance(error, NotFound):
+        api_error = gateway_error(
+            grpc.StatusCode.NOT_FOUND, f"no route {request.method} {request.path}", "NOT_FOUND"
+        )
+    elif isinstance(error, MethodNotAllowed):
+        allowed = ", ".join(sorted(error.valid_methods or ()))
+        api_error = gateway_error(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{request.method} is not allowed on {request.path}; allowed: {allowed}",
+            "METHOD_NOT_ALLOWED",
+            http_status=405,
+            headers={"Allow": allowed},
+        )
+    elif isinstance(error, RequestEntityTooLarge):
+        limit = _gateway().config.max_body_bytes
+        api_error = gateway_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request body is over {limit // 1024} KiB",
+            "PAYLOAD_TOO_LARGE",
+            http_status=413,
+        )
+    elif error.code is not None and error.code < 500:
+        api_error = gateway_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            error.description or error.name,
+            http_status=error.code,
+        )
+    else:
+        return _unexpected_error(error)
+    return _api_error(api_error)
+
+
+def _unexpected_error(error: Exception):
+    # The traceback goes to the log, never to the client.
+    log.error("unhandled error", exc_info=error)
+    return _api_error(gateway_error(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL"))

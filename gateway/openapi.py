@@ -1,0 +1,254 @@
+"""/openapi.json: an OpenAPI 3 document generated from the same route table
+and message descriptors the gateway serves from, so it cannot drift."""
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from gateway.errors import HTTP_STATUS_BY_REASON
+from gateway.transcoding import Binding
+
+_REF = "#/components/schemas/"
+ERROR_SCHEMA = "Error"
+
+_SCALARS = {
+    FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0},
+    # The gateway renders 64-bit integers as JSON numbers, not proto3's strings.
+    FieldDescriptor.TYPE_INT64: {"type": "integer", "format": "int64"},
+    FieldDescriptor.TYPE_SINT64: {"type": "integer", "format": "int64"},
+    FieldDescriptor.TYPE_SFIXED64: {"type": "integer", "format": "int64"},
+    FieldDescriptor.TYPE_UINT64: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_FIXED64: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    FieldDescriptor.TYPE_FLOAT: {"type": "number", "format": "float"},
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte"},
+}
+_WELL_KNOWN = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "example": "1.5s"},
+    "google.protobuf.FieldMask": {"type": "string"},
+    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array", "items": {}},
+    "google.protobuf.Any": {"type": "object", "additionalProperties": True},
+    "google.protobuf.Empty": {"type": "object"},
+    "google.protobuf.DoubleValue": {"type": "number"},
+    "google.protobuf.FloatValue": {"type": "number"},
+    "google.protobuf.Int64Value": {"type": "integer", "format": "int64"},
+    "google.protobuf.UInt64Value": {"type": "integer", "format": "int64", "minimum": 0},
+    "google.protobuf.Int32Value": {"type": "integer", "format": "int32"},
+    "google.protobuf.UInt32Value": {"type": "integer", "format": "int64", "minimum": 0},
+    "google.protobuf.BoolValue": {"type": "boolean"},
+    "google.protobuf.StringValue": {"type": "string"},
+    "google.protobuf.BytesValue": {"type": "string", "format": "byte"},
+}
+
+_OPERATIONS = {
+    "/health": (
+        "Liveness of the gateway process",
+        {"type": "object", "properties": {"status": {"type": "string"}}},
+    ),
+    "/ready": (
+        "200 when every backend's standard health check answers SERVING, else 503",
+        {"type": "object", "properties": {"status": {"type": "string"}, "backends": {"type": "object"}}},
+    ),
+    "/metrics": ("Prometheus text exposition", None),
+    "/mesh/traffic-stats": (
+        "Uptime, request totals and per-upstream requests, errors, success rate and latency",
+        {
+            "type": "object",
+            "properties": {
+                "started_at": {"type": "string", "format": "date-time"},
+                "uptime_seconds": {"type": "number"},
+                "total_requests": {"type": "integer"},
+                "rate_limited_requests": {"type": "integer"},
+                "upstreams": {"type": "object"},
+            },
+        },
+    ),
+    "/mesh/service-status": (
+        "Each backend's address, health status and check latency, and an overall status",
+        {"type": "object", "properties": {"overall": {"type": "string"}, "backends": {"type": "object"}}},
+    ),
+    "/openapi.json": ("This document", {"type": "object"}),
+}
+
+
+class _Schemas:
+    def __init__(self) -> None:
+        self.components: dict[str, dict] = {}
+
+    def ref(self, descriptor: Descriptor) -> dict:
+        if descriptor.full_name in _WELL_KNOWN:
+            return dict(_WELL_KNOWN[descriptor.full_name])
+        name = descriptor.full_name
+        if name not in self.components:
+            self.components[name] = {}  # placeholder first: messages may nest themselves
+            self.components[name] = self.message(descriptor)
+        return {"$ref": _REF + name}
+
+    def message(self, descriptor: Descriptor, leave_out: set[str] = frozenset()) -> dict:
+        properties = {
+            field.name: self.field(field) for field in descriptor.fields if field.name not in leave_out
+        }
+        return {"type": "object", "properties": properties, "additionalProperties": False}
+
+    def field(self, field: FieldDescriptor) -> dict:
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            value = field.message_type.fields_by_name["value"]
+            return {"type": "object", "additionalProperties": self.single(value)}
+        if field.is_repeated:
+            return {"type": "array", "items": self.single(field)}
+        schema = self.single(field)
+        if field.has_presence:
+            # Rendered as null when unset, so every response has one shape.
+            return {"allOf": [schema], "nullable": True} if "$ref" in schema else {**schema, "nullable": True}
+        return schema
+
+    def single(self, field: FieldDescriptor) -> dict:
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            return self.ref(field.message_type)
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            return {"type": "string", "enum": [value.name for value in field.enum_type.values]}
+        return dict(_SCALARS[field.type])
+
+
+def _query_parameters(
+    descriptor: Descriptor, bound: set[str], schemas: _Schemas, prefix: str = "", depth: int = 0
+):
+    parameters = []
+    for field in descriptor.fields:
+        path = f"{prefix}{field.name}"
+        if path in bound:
+            continue
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry or field.message_type.full_name in _WELL_KNOWN:
+                continue
+            if depth < 3 and not field.is_repeated:
+                parameters += _query_parameters(field.message_type, bound, schemas, path + ".", depth + 1)
+            continue
+        schema = schemas.single(field)
+        if field.is_repeated:
+            schema = {"type": "array", "items": schema}
+        parameters.append({"name": path, "in": "query", "required": False, "schema": schema})
+    return parameters
+
+
+def _error_response(description: str) -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF + ERROR_SCHEMA}}},
+    }
+
+
+def _operation(binding: Binding, schemas: _Schemas) -> dict:
+    method = binding.method
+    path_fields = {variable.field_path for variable in binding.variables}
+    parameters = [
+        {"name": variable.field_path, "in": "path", "required": True, "schema": {"type": "string"}}
+        for variable in binding.variables
+    ]
+    operation: dict = {
+        "operationId": binding.endpoint,
+        "tags": [binding.backend],
+        "summary": f"{method.containing_service.full_name}.{method.name}",
+        "parameters": parameters,
+    }
+    if binding.body == "*":
+        body_schema = schemas.message(method.input_type, leave_out=path_fields)
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body_schema}},
+        }
+    elif binding.body:
+        field = method.input_type.fields_by_name[binding.body]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schemas.single(field)}},
+        }
+        parameters += _query_parameters(method.input_type, path_fields | {binding.body}, schemas)
+    else:
+        parameters += _query_parameters(method.input_type, path_fields, schemas)
+    if binding.options.refused_fields:
+        operation["description"] = " ".join(
+            f"A `{refused.name}` field is refused (400): {refused.message}."
+            for refused in binding.options.refused_fields
+        )
+    success: dict = {
+        "description": "Created" if binding.options.created else "OK",
+        "content": {"application/json": {"schema": schemas.ref(method.output_type)}},
+    }
+    if binding.options.location:
+        success["headers"] = {
+            "Location": {"schema": {"type": "string"}, "description": binding.options.location}
+        }
+    responses = {str(binding.success_status): success}
+    if binding.options.admin:
+        operation["security"] = [{"adminToken": []}]
+        responses["401"] = _error_response("Missing or wrong admin token")
+        responses["403"] = _error_response("Admin routes are disabled (no ADMIN_TOKEN)")
+    responses["429"] = _error_response("Over the rate limit (see Retry-After)")
+    responses["default"] = _error_response("An error in the API's error shape")
+    operation["responses"] = responses
+    return operation
+
+
+def openapi_document(bindings: list[Binding], operations_routes: tuple[str, ...]) -> dict:
+    schemas = _Schemas()
+    paths: dict[str, dict] = {}
+    for binding in bindings:
+        paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(binding, schemas)
+    for path in operations_routes:
+        description, schema = _OPERATIONS[path]
+        content = (
+            {"application/json": {"schema": schema}}
+            if schema is not None
+            else {"text/plain": {"schema": {"type": "string"}}}
+        )
+        paths[path] = {
+            "get": {
+                "operationId": "operations_"
+                + path.strip("/").replace("/", "_").replace("-", "_").replace(".", "_"),
+                "tags": ["operations"],
+                "summary": description,
+                "responses": {"200": {"description": description, "content": content}},
+            }
+        }
+    schemas.components[ERROR_SCHEMA] = {
+        "type": "object",
+        "required": ["error", "request_id"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "status", "reason", "message", "details"],
+                "properties": {
+                    "code": {"type": "integer", "description": "the HTTP status"},
+                    "status": {"type": "string", "description": "the gRPC code name"},
+                    "reason": {
+                        "type": "string",
+                        "description": "a stable UPPER_SNAKE cause, e.g. " + ", ".join(HTTP_STATUS_BY_REASON),
+                    },
+                    "message": {"type": "string"},
+                    "details": {"type": "array", "items": {"type": "object", "additionalProperties": True}},
+                },
+            },
+            "request_id": {"type": "string"},
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Shop REST gateway",
+            "version": "1.0.0",
+            "description": "Generated from the google.api.http annotations of the shop's protos.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas.components,
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,157 @@
+"""The gRPC backends behind the gateway, with channels opened lazily in the
+process that uses them.
+
+gunicorn forks its workers: a channel opened before the fork would be shared
+by processes that cannot share it, so nothing here connects at import time
+or in create_app, and a process that finds channels from another pid (its
+parent's) opens its own.
+"""
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from plumbing.channels import open_channel
+from plumbing.config import UpstreamConfig
+from shop.inventory.v1 import inventory_pb2
+from shop.order.v1 import order_pb2
+from shop.payment.v1 import payment_pb2
+
+# The services the gateway fronts, by backend name. A new annotated RPC on
+# one of them needs no gateway code; a new service needs one line here.
+SERVICES: dict[str, ServiceDescriptor] = {
+    "inventory": inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"],
+    "payment": payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
+    "order": order_pb2.DESCRIPTOR.services_by_name["OrderService"],
+}
+
+SERVING, NOT_SERVING, UNREACHABLE = "SERVING", "NOT_SERVING", "UNREACHABLE"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    service: ServiceDescriptor
+    address: str
+    # Methods that only read, so the channel may retry them on UNAVAILABLE.
+    read_methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    backend: Backend
+    status: str
+    latency_ms: float
+    detail: str = ""
+
+    def to_json(self) -> dict:
+        report = {
+            "service": self.backend.service.full_name,
+            "address": self.backend.address,
+            "status": self.status,
+            "latency_ms": round(self.latency_ms, 2),
+        }
+        if self.detail:
+            report["detail"] = self.detail
+        return report
+
+
+def shop_backends(
+    config: UpstreamConfig, read_methods: dict[str, tuple[str, ...]] | None = None
+) -> list[Backend]:
+    addresses = {
+        "inventory": config.inventory_addr,
+        "payment": config.payment_addr,
+        "order": config.order_addr,
+    }
+    read_methods = read_methods or {}
+    return [
+        Backend(name, service, addresses[name], read_methods.get(name, ()))
+        for name, service in SERVICES.items()
+    ]
+
+
+class Upstreams:
+    """Channels and calls to every backend, for the current process."""
+
+    def __init__(self, backends: list[Backend], timeout_s: float):
+        self.backends = {backend.name: backend for backend in backends}
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._channels: dict[str, grpc.Channel] = {}
+        self._callables: dict[tuple[str, str], grpc.UnaryUnaryMultiCallable] = {}
+
+    def channel(self, backend_name: str) -> grpc.Channel:
+        with self._lock:
+            if self._pid != os.getpid():
+                # Inherited across a fork: unusable here, and not ours to close.
+                self._channels, self._callables, self._pid = {}, {}, os.getpid()
+            channel = self._channels.get(backend_name)
+            if channel is None:
+                backend = self.backends[backend_name]
+                channel = open_channel(
+                    backend.address, backend.service.full_name, self.timeout_s, backend.read_methods
+                )
+                self._channels[backend_name] = channel
+            return channel
+
+    def opened(self) -> list[str]:
+        """The backends this process has a channel to."""
+        with self._lock:
+            return sorted(self._channels) if self._pid == os.getpid() else []
+
+    def call(
+        self,
+        backend_name: str,
+        full_method: str,
+        request: Message,
+        response_class: type[Message],
+        metadata: list[tuple[str, str]],
+    ) -> Message:
+        """One unary call with the gateway's deadline; raises grpc.RpcError."""
+        channel = self.channel(backend_name)
+        key = (backend_name, full_method)
+        callable_ = self._callables.get(key)
+        if callable_ is None:
+            callable_ = channel.unary_unary(
+                full_method,
+                request_serializer=lambda message: message.SerializeToString(),
+                response_deserializer=response_class.FromString,
+            )
+            self._callables[key] = callable_
+        return callable_(request, timeout=self.timeout_s, metadata=metadata)
+
+    def check_health(self, backend_name: str, timeout_s: float, metadata=()) -> HealthReport:
+        """The standard grpc.health.v1 Check for the backend's service."""
+        backend = self.backends[backend_name]
+        stub = health_pb2_grpc.HealthStub(self.channel(backend_name))
+        started = time.perf_counter()
+        try:
+            response = stub.Check(
+                health_pb2.HealthCheckRequest(service=backend.service.full_name),
+                timeout=timeout_s,
+                metadata=list(metadata),
+            )
+        except grpc.RpcError as error:
+            elapsed = (time.perf_counter() - started) * 1000
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                # Up, but not serving this service.
+                return HealthReport(backend, NOT_SERVING, elapsed, "service unknown to the server")
+            return HealthReport(backend, UNREACHABLE, elapsed, error.code().name)
+        elapsed = (time.perf_counter() - started) * 1000
+        status = SERVING if response.status == health_pb2.HealthCheckResponse.SERVING else NOT_SERVING
+        return HealthReport(backend, status, elapsed)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                for channel in self._channels.values():
+                    channel.close()
+            self._channels, self._callables = {}, {}

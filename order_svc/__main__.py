@@ -1,0 +1,56 @@
+"""python -m order_svc: read config, build the store, the upstream stubs and
+the saga, serve, and run the recovery loop beside it."""
+
+from order_svc.saga import OrderSaga
+from order_svc.server import SERVICE_NAME, OrderServicer
+from order_svc.store import OrderStore
+from plumbing import db
+from plumbing.channels import open_channel
+from plumbing.config import OrderConfig, ServerConfig, exits_on_config_error
+from plumbing.logs import setup_logging
+from plumbing.server import Service, serve
+from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop.order.v1 import order_pb2_grpc
+from shop.payment.v1 import payment_pb2, payment_pb2_grpc
+
+INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
+PAYMENT_SERVICE = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
+# Every saga call is idempotent by order_id (or a read), so a call that found
+# its replica gone (UNAVAILABLE) is safely sent again, to another one.
+INVENTORY_SAGA_METHODS = ("Reserve", "Release")
+PAYMENT_SAGA_METHODS = ("Charge", "Void", "Refund", "ListPayments")
+
+
+def build_saga(config: OrderConfig, store: OrderStore) -> tuple[OrderSaga, list]:
+    """The saga and the channels it calls through (to close at the end)."""
+    inventory = open_channel(
+        config.inventory_addr, INVENTORY_SERVICE, config.downstream_timeout_s, INVENTORY_SAGA_METHODS
+    )
+    payment = open_channel(config.payment_addr, PAYMENT_SERVICE, config.downstream_timeout_s, PAYMENT_SAGA_METHODS)
+    saga = OrderSaga(
+        store, inventory_pb2_grpc.InventoryServiceStub(inventory), payment_pb2_grpc.PaymentServiceStub(payment), config
+    )
+    return saga, [inventory, payment]
+
+
+@exits_on_config_error
+def main() -> None:
+    config = ServerConfig.from_env("order")
+    order_config = OrderConfig.from_env()
+    setup_logging("order", config.log.level, config.log.format)
+    engine = db.open_engine(config.database_url, pool_size=config.workers)
+    saga, channels = build_saga(order_config, OrderStore(engine))
+    servicer = OrderServicer(saga)
+    service = Service(SERVICE_NAME, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server)
+
+    def on_stop() -> None:
+        saga.close()
+        for channel in channels:
+            channel.close()
+        engine.dispose()
+
+    serve(config, [service], background=[saga.run_recovery], on_stop=on_stop)
+
+
+if __name__ == "__main__":
+    main()

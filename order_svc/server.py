@@ -1,0 +1,81 @@
+"""OrderService over gRPC: proto <-> domain, and nothing else."""
+
+from google.protobuf import timestamp_pb2
+
+from order_svc import saga
+from order_svc.saga import OrderRequest, OrderSaga
+from plumbing.validation import Violations, requested_items
+from shop.order.v1 import order_pb2 as pb
+from shop.order.v1 import order_pb2_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrderService"].full_name
+IDEMPOTENCY_KEY = "idempotency-key"
+
+
+def _timestamp(value) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def order_to_pb(order: saga.Order) -> pb.Order:
+    return pb.Order(
+        id=order.id,
+        customer_id=order.customer_id,
+        status=pb.OrderStatus.Value(order.status),
+        items=[
+            pb.OrderItem(product_id=i.product_id, quantity=i.quantity, unit_price_cents=i.unit_price_cents)
+            for i in order.items
+        ],
+        total_cents=order.total_cents,
+        currency=order.currency,
+        payment_id=order.payment_id,
+        created_at=_timestamp(order.created_at),
+        updated_at=_timestamp(order.updated_at),
+    )
+
+
+def _order_id(request) -> str:
+    violations = Violations()
+    violations.check_id("order_id", request.order_id)
+    violations.raise_if_any()
+    return request.order_id
+
+
+def _metadata_value(context, key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value
+    return None
+
+
+class OrderServicer(order_pb2_grpc.OrderServiceServicer):
+    def __init__(self, saga: OrderSaga):
+        self.saga = saga
+
+    def CreateOrder(self, request, context):
+        # Everything is checked before the order is stored.
+        violations = Violations()
+        violations.check_id("customer_id", request.customer_id)
+        items = requested_items(request, violations)
+        payment_method = saga.check_payment_method(violations, request.payment_method)
+        key = saga.check_idempotency_key(violations, _metadata_value(context, IDEMPOTENCY_KEY))
+        violations.raise_if_any()
+        order = self.saga.place_order(OrderRequest(request.customer_id, tuple(items), payment_method, key))
+        return order_to_pb(order)
+
+    def GetOrder(self, request, context):
+        return order_to_pb(self.saga.get_order(_order_id(request)))
+
+    def ListOrders(self, request, context):
+        violations = Violations()
+        page_size, cursor = saga.check_page(violations, request.customer_id, request.page_size, request.page_token)
+        violations.raise_if_any()
+        page = self.saga.list_orders(request.customer_id, page_size, cursor)
+        return pb.ListOrdersResponse(orders=[order_to_pb(o) for o in page.orders], next_page_token=page.next_page_token)
+
+    def CancelOrder(self, request, context):
+        return order_to_pb(self.saga.cancel_order(_order_id(request)))
+
+    def close(self) -> None:
+        self.saga.close()

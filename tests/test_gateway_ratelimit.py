@@ -1,0 +1,121 @@
+"""RATE_LIMIT in one process: one budget per client IP across all public
+routes, operations routes exempt, spoofed X-Forwarded-For ignored, Redis
+shared between app instances, and the in-memory fallback when Redis is gone.
+
+Set REQUIRE_REDIS=1 (as .ci/run does) to fail instead of skipping when Redis
+is not reachable at TEST_REDIS_URL.
+"""
+
+import logging
+import uuid
+
+import pytest
+
+from tests.test_gateway_support import (
+    assert_error,
+    make_client,
+    redis_or_skip,
+    running_backends,
+    unused_address,
+)
+
+
+@pytest.fixture
+def backends(sqlite_url):
+    with running_backends(sqlite_url) as running:
+        yield running
+
+
+def test_over_the_limit_is_429_rate_limited_with_retry_after_and_ratelimit_headers(backends):
+    client = make_client(backends, rate_limit="3/minute")
+    answered = [client.get("/inventory/P001") for _ in range(3)]
+    assert [r.status_code for r in answered] == [200, 200, 200]
+    assert [r.headers["X-RateLimit-Remaining"] for r in answered] == ["2", "1", "0"]
+    assert "Retry-After" not in answered[0].headers
+    refused = client.get("/inventory/P001")
+    assert_error(refused, 429, "RESOURCE_EXHAUSTED", "RATE_LIMITED")
+    assert refused.headers["X-RateLimit-Limit"] == "3"
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+
+
+def test_one_budget_across_all_routes(backends):
+    client = make_client(backends, rate_limit="3/minute")
+    assert client.get("/inventory").status_code == 200
+    assert client.get("/orders/ord_1").status_code == 200
+    assert client.post("/inventory/check", json={"product_id": "P001", "quantity": 1}).status_code == 200
+    assert_error(client.get("/payments?order_id=o1"), 429, "RESOURCE_EXHAUSTED", "RATE_LIMITED")
+
+
+def test_operations_routes_are_not_limited_and_spend_nothing(backends):
+    client = make_client(backends, rate_limit="2/minute")
+    for path in (
+        "/health",
+        "/ready",
+        "/metrics",
+        "/mesh/traffic-stats",
+        "/mesh/service-status",
+        "/openapi.json",
+    ) * 2:
+        assert client.get(path).status_code == 200, path
+    assert client.get("/inventory").status_code == 200
+    assert client.get("/inventory").status_code == 200
+    assert client.get("/inventory").status_code == 429
+    assert client.get("/health").status_code == 200
+
+
+def test_each_client_ip_has_its_own_budget(backends):
+    client = make_client(backends, rate_limit="1/minute")
+    assert client.get("/inventory", environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 200
+    assert client.get("/inventory", environ_base={"REMOTE_ADDR": "10.0.0.2"}).status_code == 200
+    assert client.get("/inventory", environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 429
+
+
+def test_spoofed_forwarded_for_does_not_buy_a_new_budget(backends):
+    client = make_client(backends, rate_limit="2/minute")
+    for spoof in ("1.1.1.1", "2.2.2.2"):
+        assert client.get("/inventory", headers={"X-Forwarded-For": spoof}).status_code == 200
+    assert client.get("/inventory", headers={"X-Forwarded-For": "3.3.3.3"}).status_code == 429
+
+
+def test_trusted_proxy_hop_names_the_client(backends):
+    client = make_client(backends, rate_limit="1/minute", trusted_proxies=1)
+    # Behind one trusted proxy the last X-Forwarded-For entry is the client;
+    # entries before it were written by the client and are not believed.
+    assert client.get("/inventory", headers={"X-Forwarded-For": "9.9.9.9, 10.0.0.1"}).status_code == 200
+    assert client.get("/inventory", headers={"X-Forwarded-For": "8.8.8.8, 10.0.0.1"}).status_code == 429
+    assert client.get("/inventory", headers={"X-Forwarded-For": "10.0.0.2"}).status_code == 200
+
+
+def test_rate_limited_requests_are_counted(backends):
+    client = make_client(backends, rate_limit="1/minute")
+    before = client.get("/mesh/traffic-stats").get_json()["rate_limited_requests"]
+    client.get("/inventory")
+    client.get("/inventory")
+    client.get("/inventory")
+    assert client.get("/mesh/traffic-stats").get_json()["rate_limited_requests"] - before == 2
+
+
+def test_redis_shares_one_budget_between_gateway_processes(backends):
+    url = redis_or_skip()
+    prefix = f"test-{uuid.uuid4().hex}"
+    first, second = (
+        make_client(
+            backends, rate_limit="3/minute", rate_limit_storage=url, rate_limit_key_prefix=prefix, workers=2
+        )
+        for _ in range(2)
+    )
+    assert first.get("/inventory").status_code == 200
+    assert second.get("/inventory").status_code == 200
+    assert first.get("/inventory").status_code == 200
+    assert second.get("/inventory").status_code == 429
+    assert first.get("/inventory").status_code == 429
+
+
+def test_unreachable_redis_falls_back_to_a_per_process_limit_and_logs_it(backends, caplog):
+    caplog.set_level(logging.WARNING)
+    storage = "redis://" + unused_address()
+    client = make_client(backends, rate_limit="2/minute", rate_limit_storage=storage, workers=2)
+    assert client.get("/inventory").status_code == 200
+    assert client.get("/inventory").status_code == 200
+    assert client.get("/inventory").status_code == 429
+    assert any("falling back to in-memory storage" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,162 @@
+"""Upstreams down or too slow, on SQLite and PostgreSQL: the order service
+answers before its caller's deadline with an error naming the order, and the
+order ends final - never charged-but-failed, never confirmed-but-uncharged -
+once the upstream answers again."""
+
+import threading
+
+import grpc
+import pytest
+
+from plumbing.errors import from_rpc_error
+from shop.inventory.v1 import inventory_pb2 as inv
+from shop.order.v1 import order_pb2 as pb
+from shop.payment.v1 import payment_pb2 as pay
+from tests import harness
+
+FINAL = (pb.CONFIRMED, pb.PAYMENT_FAILED, pb.FAILED, pb.CANCELLED)
+
+# The backend does not matter to this test: SQLite only, to keep the suite quick.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def shop(database_url, sqlite_url):
+    shop = harness.OrderShop.start(database_url, sqlite_url, downstream_timeout_s=1.0)
+    yield shop
+    shop.stop()
+
+
+def refused_order(orders, timeout, items=(("P001", 2), ("P002", 1))):
+    """The error CreateOrder answered with; the caller's own deadline
+    passing would show as DEADLINE_EXCEEDED with no order id."""
+    request = pb.CreateOrderRequest(customer_id="C1", items=[pb.Item(product_id=p, quantity=q) for p, q in items])
+    with pytest.raises(grpc.RpcError) as info:
+        orders.CreateOrder(request, timeout=timeout)
+    return from_rpc_error(info.value)
+
+
+def stock(shop, *product_ids):
+    products = shop.inventory_stub().ListProducts(inv.ListProductsRequest(), timeout=10).products
+    return {p.product_id: p.available for p in products if p.product_id in product_ids}
+
+
+def payments_of(shop, order_id):
+    return list(shop.payment_stub().ListPayments(pay.ListPaymentsRequest(order_id=order_id), timeout=10).payments)
+
+
+def final_order(orders, order_id):
+    def final():
+        order = orders.GetOrder(pb.GetOrderRequest(order_id=order_id), timeout=10)
+        return order if order.status in FINAL else None
+
+    return harness.eventually(final, what=f"order {order_id} reaching a final status")
+
+
+def held_until(gate: threading.Event):
+    """A rule: the upstream takes as long as the test says."""
+
+    def rule(request, context, method):
+        gate.wait(30)
+        return method(request, context)
+
+    return rule
+
+
+@sqlite_only
+def test_inventory_down_fails_the_order_quickly_with_nothing_reserved_or_charged(shop):
+    before = stock(shop, "P001", "P002")
+    port = shop.stop_upstream("inventory")
+
+    error = refused_order(shop.orders(), timeout=10)
+
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "INVENTORY_UNAVAILABLE")
+    order_id = error.metadata["order_id"]
+    assert order_id in error.message
+    shop.restart_upstream("inventory", port)
+    order = final_order(shop.orders(), order_id)
+    assert order.status == pb.FAILED
+    assert stock(shop, "P001", "P002") == before
+    assert payments_of(shop, order_id) == []
+    assert shop.payment_faults.requests("Charge") == []
+
+
+def test_payment_down_settles_the_order_failed_with_nothing_charged_and_stock_back(shop):
+    before = stock(shop, "P001", "P002")
+    port = shop.stop_upstream("payment")
+
+    error = refused_order(shop.orders(), timeout=10)
+
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "PAYMENT_UNAVAILABLE")
+    order_id = error.metadata["order_id"]
+    # The Charge's outcome is unknown until payment answers: the stock stays
+    # reserved until then, and the order with it.
+    assert shop.orders().GetOrder(pb.GetOrderRequest(order_id=order_id), timeout=10).status == pb.PENDING
+
+    shop.restart_upstream("payment", port)
+    order = final_order(shop.orders(), order_id)
+    assert order.status == pb.FAILED
+    assert stock(shop, "P001", "P002") == before
+    assert [p.status for p in payments_of(shop, order_id) if p.status == pay.CAPTURED] == []
+    # Settled by Void, which makes payment refuse this order's Charge for good.
+    assert [r.order_id for r in shop.payment.servicer.requests("Void")] == [order_id]
+
+
+def test_payment_slower_than_the_deadline_never_leaves_a_charge_on_a_failed_order(shop):
+    before = stock(shop, "P001", "P002")
+    gate = threading.Event()
+    shop.payment_faults.rules["Charge"] = held_until(gate)
+    shop.payment_faults.rules["Void"] = held_until(gate)
+
+    error = refused_order(shop.orders(), timeout=1)
+
+    assert (error.code, error.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "PAYMENT_TIMEOUT")
+    order_id = error.metadata["order_id"]
+    gate.set()  # payment answers again: the late Charge and the Voids go through
+    order = final_order(shop.orders(), order_id)
+    assert order.status == pb.FAILED
+    harness.eventually(lambda: shop.payment_faults.answered("Charge"), what="the late Charge being handled")
+    assert stock(shop, "P001", "P002") == before
+    statuses = [p.status for p in payments_of(shop, order_id)]
+    assert pay.CAPTURED not in statuses, statuses
+
+
+@sqlite_only
+def test_inventory_slower_than_the_deadline_fails_the_order_and_returns_any_stock(shop):
+    before = stock(shop, "P001", "P002")
+    gate = threading.Event()
+    shop.inventory_faults.rules["Reserve"] = held_until(gate)
+
+    error = refused_order(shop.orders(), timeout=1)
+
+    assert (error.code, error.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "INVENTORY_TIMEOUT")
+    order_id = error.metadata["order_id"]
+    order = final_order(shop.orders(), order_id)
+    assert order.status == pb.FAILED
+    gate.set()  # the late Reserve arrives after the Release: refused
+    harness.eventually(lambda: shop.inventory_faults.answered("Reserve"), what="the late Reserve being handled")
+    assert stock(shop, "P001", "P002") == before
+    assert payments_of(shop, order_id) == []
+
+
+def test_retry_after_a_timeout_learns_the_outcome_with_the_same_error(shop):
+    gate = threading.Event()
+    shop.payment_faults.rules["Charge"] = held_until(gate)
+    request = pb.CreateOrderRequest(customer_id="C1", items=[pb.Item(product_id="P003", quantity=1)])
+    key = [("idempotency-key", "retry-after-504")]
+    with pytest.raises(grpc.RpcError) as info:
+        shop.orders().CreateOrder(request, timeout=1, metadata=key)
+    first = from_rpc_error(info.value)
+    gate.set()
+    final_order(shop.orders(), first.metadata["order_id"])
+
+    with pytest.raises(grpc.RpcError) as info:
+        shop.orders().CreateOrder(request, timeout=10, metadata=key)
+
+    again = from_rpc_error(info.value)
+    assert (again.code, again.reason, again.message, again.metadata) == (
+        first.code,
+        first.reason,
+        first.message,
+        first.metadata,
+    )

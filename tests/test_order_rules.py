@@ -1,0 +1,133 @@
+"""The order domain's rules, without servers: payment methods that are card
+numbers, idempotency keys, request fingerprints, page tokens, upstream errors,
+and the order service's configuration."""
+
+import datetime as dt
+
+import grpc
+import pytest
+
+from order_svc import saga
+from plumbing.config import ConfigError, OrderConfig
+from plumbing.errors import ShopError
+from plumbing.validation import Violations
+
+
+@pytest.mark.parametrize(
+    "value", ["4242424242424242", "4242 4242 4242 4242", "4242-4242-4242-4242", "378282246310005", "424242424242"]
+)
+def test_a_card_number_is_not_a_payment_method(value):
+    violations = Violations()
+    saga.check_payment_method(violations, value)
+    ((field, description),) = violations.items
+    assert field == "payment_method" and "POST /payment_methods" in description
+    assert value.replace(" ", "").replace("-", "")[-4:] not in description
+
+
+@pytest.mark.parametrize("value", ["tok_visa", "pm_0123456789abcdef01234567", "12345678901", "12345678901234567890"])
+def test_tokens_ids_and_numbers_that_are_no_card_pass(value):
+    violations = Violations()
+    assert saga.check_payment_method(violations, value) == value
+    assert violations.items == []
+
+
+def test_payment_method_defaults_to_tok_visa():
+    assert saga.check_payment_method(Violations(), "") == "tok_visa"
+
+
+@pytest.mark.parametrize("key, valid", [("k", True), ("x" * 255, True), ("a b~!", True), ("", False), ("x" * 256, False), ("é", False), ("a\tb", False)])
+def test_idempotency_key_is_1_to_255_printable_ascii_characters(key, valid):
+    violations = Violations()
+    saga.check_idempotency_key(violations, key)
+    assert (violations.items == []) is valid
+
+
+def test_no_idempotency_key_is_no_key():
+    violations = Violations()
+    assert saga.check_idempotency_key(violations, None) == ""
+    assert violations.items == []
+
+
+def test_fingerprint_ignores_item_order_but_not_quantities_or_method():
+    base = saga.OrderRequest("C1", (("P1", 1), ("P2", 2)), "tok_visa", "k")
+    assert base.fingerprint() == saga.OrderRequest("C1", (("P2", 2), ("P1", 1)), "tok_visa", "other").fingerprint()
+    assert base.fingerprint() != saga.OrderRequest("C1", (("P1", 1), ("P2", 3)), "tok_visa", "k").fingerprint()
+    assert base.fingerprint() != saga.OrderRequest("C1", (("P1", 1), ("P2", 2)), "tok_mastercard", "k").fingerprint()
+    assert base.fingerprint() != saga.OrderRequest("C2", (("P1", 1), ("P2", 2)), "tok_visa", "k").fingerprint()
+
+
+def test_page_token_round_trips_its_cursor():
+    cursor = saga.Cursor(dt.datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=dt.UTC), 42, "C1")
+    token = saga.encode_page_token(cursor)
+    assert saga.decode_page_token(token) == cursor
+    assert "=" not in token
+
+
+@pytest.mark.parametrize("token", ["", "x", "!!!", "e30", "W10", "eyJ0IjoiMjAyNi0xMS0yMVQxMDowMDowMCIsInMiOjEsImMiOiIifQ"])
+def test_anything_but_an_issued_token_is_refused(token):
+    assert saga.decode_page_token(token) is None
+
+
+@pytest.mark.parametrize("page_size, valid, size", [(0, True, 50), (1, True, 1), (200, True, 200), (201, False, None), (-1, False, None)])
+def test_page_size_is_50_by_default_and_at_most_200(page_size, valid, size):
+    violations = Violations()
+    got, _ = saga.check_page(violations, "", page_size, "")
+    assert (violations.items == []) is valid
+    if valid:
+        assert got == size
+
+
+@pytest.mark.parametrize(
+    "code, expected, reason",
+    [
+        (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "PAYMENT_UNAVAILABLE"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED, "PAYMENT_TIMEOUT"),
+        (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, "PAYMENT_UNAVAILABLE"),
+    ],
+)
+def test_an_upstream_without_a_sure_answer_keeps_its_code_and_names_the_order(code, expected, reason):
+    error = saga.upstream_unavailable("payment", ShopError(code, "boom"), "ord_1", "failed")
+    assert (error.code, error.reason, error.metadata) == (expected, reason, {"order_id": "ord_1"})
+    assert "ord_1" in error.message
+
+
+def test_an_upstream_refusal_keeps_its_reason_and_details_and_names_the_order():
+    refusal = ShopError(grpc.StatusCode.FAILED_PRECONDITION, "P1: 5 requested, 2 available", "OUT_OF_STOCK", {"product_id": "P1"})
+    error = saga.with_order_id(refusal, "ord_1")
+    assert (error.code, error.reason, error.message) == (refusal.code, "OUT_OF_STOCK", refusal.message)
+    assert error.metadata == {"product_id": "P1", "order_id": "ord_1"}
+
+
+def test_a_stored_failure_gives_back_the_very_same_error():
+    error = ShopError(grpc.StatusCode.INVALID_ARGUMENT, "bad", "INVALID_ARGUMENT", {"order_id": "o"}, [("f", "d")])
+    again = saga.Failure.of(error).error()
+    assert (again.code, again.message, again.reason, again.metadata, again.violations) == (
+        error.code,
+        error.message,
+        error.reason,
+        error.metadata,
+        error.violations,
+    )
+
+
+def test_order_config_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("INVENTORY_ADDR", "inventory:1")
+    monkeypatch.setenv("PAYMENT_ADDR", "dns:///payment:2")
+    monkeypatch.setenv("DOWNSTREAM_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("RECOVERY_INTERVAL_S", "7")
+    monkeypatch.delenv("RECOVERY_AFTER_S", raising=False)
+    config = OrderConfig.from_env()
+    assert config == OrderConfig("inventory:1", "dns:///payment:2", 2.5, 7.0, 2.5)
+
+
+def test_order_config_defaults_run_locally(monkeypatch):
+    for name in ("INVENTORY_ADDR", "PAYMENT_ADDR", "DOWNSTREAM_TIMEOUT_S", "RECOVERY_INTERVAL_S", "RECOVERY_AFTER_S"):
+        monkeypatch.delenv(name, raising=False)
+    config = OrderConfig.from_env()
+    assert config == OrderConfig("localhost:50051", "localhost:50052", 5.0, 5.0, 5.0)
+
+
+def test_order_config_refuses_a_bad_interval(monkeypatch):
+    monkeypatch.setenv("RECOVERY_INTERVAL_S", "soon")
+    with pytest.raises(ConfigError):
+        OrderConfig.from_env()
