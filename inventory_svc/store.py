@@ -6,7 +6,6 @@ zero whatever the concurrency, on SQLite or PostgreSQL, with any number of
 replicas sharing the database.
 """
 
-import datetime as dt
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -21,6 +20,7 @@ from inventory_svc.stock import (
 )
 from plumbing import db
 from plumbing.errors import failed_precondition, invalid_argument, not_found
+from plumbing.timestamps import utc_now
 
 metadata = sa.MetaData()
 
@@ -68,10 +68,6 @@ stock_adjustments = sa.Table(
 MIGRATIONS = (lambda conn: metadata.create_all(conn),)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _product(row) -> Product:
     return Product(row.product_id, row.name, row.price_cents, row.currency, row.available)
 
@@ -80,7 +76,7 @@ def _seed(conn: Connection) -> None:
     """The seed catalog, only into an empty database."""
     if conn.execute(sa.select(sa.func.count()).select_from(products)).scalar_one():
         return
-    now = _now()
+    now = utc_now()
     conn.execute(
         products.insert(),
         [
@@ -131,14 +127,14 @@ class InventoryStore:
                         price_cents=price_cents,
                         currency=currency or "USD",
                         available=available or 0,
-                        updated_at=_now(),
+                        updated_at=utc_now(),
                     ),
                 )
             if not inserted:
                 updated = conn.execute(
                     products.update()
                     .where(products.c.product_id == product_id)
-                    .values(**changes, updated_at=_now())
+                    .values(**changes, updated_at=utc_now())
                 ).rowcount
                 if not updated:
                     raise invalid_argument(
@@ -151,7 +147,7 @@ class InventoryStore:
             row = conn.execute(
                 products.update()
                 .where(products.c.product_id == product_id, products.c.available + delta >= 0)
-                .values(available=products.c.available + delta, updated_at=_now())
+                .values(available=products.c.available + delta, updated_at=utc_now())
                 .returning(*products.c)
             ).first()
             if row is None:
@@ -164,7 +160,7 @@ class InventoryStore:
                 )
             conn.execute(
                 stock_adjustments.insert().values(
-                    product_id=product_id, delta=delta, reason=reason, created_at=_now()
+                    product_id=product_id, delta=delta, reason=reason, created_at=utc_now()
                 )
             )
             return _product(row)
@@ -179,7 +175,7 @@ class InventoryStore:
         another replica, finds the first one instead of taking stock twice.
         """
         with db.write(self.engine) as conn:
-            now = _now()
+            now = utc_now()
             claimed = db.insert_if_absent(
                 conn, reservations, dict(order_id=order_id, status=RESERVED, created_at=now, updated_at=now)
             )
@@ -222,7 +218,7 @@ class InventoryStore:
         """Give an order's stock back, once. Releasing an order that never
         reserved leaves a RELEASED tombstone, so a late Reserve is refused."""
         with db.write(self.engine) as conn:
-            now = _now()
+            now = utc_now()
             tombstone = db.insert_if_absent(
                 conn, reservations, dict(order_id=order_id, status=RELEASED, created_at=now, updated_at=now)
             )

@@ -46,6 +46,7 @@ from plumbing.config import OrderConfig
 from plumbing.deadlines import MARGIN_S, remaining_s, timeout_for_call
 from plumbing.errors import ShopError, failed_precondition, from_rpc_error, invalid_argument, not_found
 from plumbing.logs import request_id_var
+from plumbing.timestamps import utc_now
 from plumbing.validation import Violations
 from shop.inventory.v1 import inventory_pb2
 from shop.payment.v1 import payment_pb2
@@ -328,10 +329,6 @@ def interrupted(order_id: str) -> ShopError:
         "ORDER_INTERRUPTED",
         {"order_id": order_id},
     )
-
-
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def new_order_id() -> str:
@@ -725,7 +722,7 @@ class OrderSaga:
         Returns how many this replica settled."""
         if self._closed.is_set():
             return 0
-        now = _utc_now()
+        now = utc_now()
         untouched_since = now - dt.timedelta(seconds=self.config.recovery_after_s)
         stuck = self.store.stuck_orders(now, untouched_since, RECOVERY_BATCH)
         return sum(self._recovery_pool.map(self._recover, stuck))
@@ -733,7 +730,7 @@ class OrderSaga:
     def _recover(self, order_id: str) -> bool:
         """Claim one stuck order and settle it; True if this did."""
         owner = self._new_owner()
-        now = _utc_now()
+        now = utc_now()
         untouched_since = now - dt.timedelta(seconds=self.config.recovery_after_s)
         # The claim is itself a CAS: of two replicas, one gets the order.
         order = self.store.claim(order_id, owner, now, self._lease_until(calls=2), untouched_since)
@@ -791,7 +788,7 @@ class OrderSaga:
         """How long the next step's calls may take (within the incoming
         deadline, if any), plus a margin to record their answer."""
         call_s = max(0.0, timeout_for_call(None, self.config.downstream_timeout_s))
-        return _utc_now() + dt.timedelta(seconds=calls * call_s + LEASE_MARGIN_S)
+        return utc_now() + dt.timedelta(seconds=calls * call_s + LEASE_MARGIN_S)
 
 
 def _answer(order: Order) -> Order:

@@ -1,21 +1,15 @@
 """OrderService over gRPC: proto <-> domain, and nothing else."""
 
-from google.protobuf import timestamp_pb2
 
 from order_svc import saga
 from order_svc.saga import OrderRequest, OrderSaga
+from plumbing.timestamps import to_timestamp
 from plumbing.validation import Violations, requested_items
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_pb2_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrderService"].full_name
 IDEMPOTENCY_KEY = "idempotency-key"
-
-
-def _timestamp(value) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def order_to_pb(order: saga.Order) -> pb.Order:
@@ -30,8 +24,8 @@ def order_to_pb(order: saga.Order) -> pb.Order:
         total_cents=order.total_cents,
         currency=order.currency,
         payment_id=order.payment_id,
-        created_at=_timestamp(order.created_at),
-        updated_at=_timestamp(order.updated_at),
+        created_at=to_timestamp(order.created_at),
+        updated_at=to_timestamp(order.updated_at),
     )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from order_svc.saga import CANCELLING, CONFIRMED, PENDING, Cursor, Failure, Order, OrderItem
 from plumbing import db
+from plumbing.timestamps import as_utc, utc_now
 
 metadata = sa.MetaData()
 
@@ -69,15 +70,6 @@ MIGRATIONS = (lambda conn: metadata.create_all(conn),)
 _ORDER_COLUMNS = {"status", "step", "outcome", "total_cents", "currency", "payment_id"}
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    # SQLite hands back the naive UTC time that was stored.
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def _failure_columns(failure: Failure | None) -> dict:
@@ -115,8 +107,8 @@ def _order(row, items: list) -> Order:
         step=row.step,
         outcome=row.outcome,
         failure=failure,
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
         seq=row.seq,
     )
 
@@ -135,7 +127,7 @@ class OrderStore:
         customer's idempotency key is taken already (by a concurrent
         duplicate, on any replica)."""
         with db.write(self.engine) as conn:
-            now = _now()
+            now = utc_now()
             inserted = db.insert_if_absent(
                 conn,
                 orders,
@@ -223,7 +215,7 @@ class OrderStore:
         conditions = [orders.c.id == order_id, orders.c.status == status, orders.c.step == step]
         if owner is not None:
             conditions.append(orders.c.lease_owner == owner)
-        values = dict(changes, updated_at=_now())
+        values = dict(changes, updated_at=utc_now())
         if failure is not None:
             values.update(_failure_columns(failure))
         if lease_until is None:
@@ -250,7 +242,7 @@ class OrderStore:
                     orders.c.status == CONFIRMED,
                     orders.c.step.in_(("", CANCELLING)),
                 )
-                .values(step=CANCELLING, lease_owner=owner, lease_expires_at=lease_until, updated_at=_now())
+                .values(step=CANCELLING, lease_owner=owner, lease_expires_at=lease_until, updated_at=utc_now())
                 .returning(orders.c.id)
             ).first()
             return None if moved is None else self._load_one(conn, order_id)

@@ -90,10 +90,6 @@ TEST_TOKENS = {
 }
 
 
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def new_payment_method_id() -> str:
     return PAYMENT_METHOD_PREFIX + secrets.token_hex(12)
 

@@ -7,22 +7,15 @@ request or puts a card field's value into an error.
 import datetime as dt
 from collections.abc import Callable
 
-from google.protobuf import timestamp_pb2
-
 from payment_svc import charges
 from payment_svc.store import PaymentStore
 from plumbing.errors import invalid_argument
+from plumbing.timestamps import to_timestamp, utc_now
 from plumbing.validation import ID_PATTERN, Violations
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PaymentService"].full_name
-
-
-def _timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def payment_method_to_pb(method: charges.PaymentMethod) -> pb.PaymentMethod:
@@ -45,8 +38,8 @@ def payment_to_pb(payment: charges.Payment) -> pb.Payment:
         card_brand=payment.card_brand,
         card_last4=payment.card_last4,
         decline_reason=payment.decline_reason,
-        created_at=_timestamp(payment.created_at),
-        updated_at=_timestamp(payment.updated_at),
+        created_at=to_timestamp(payment.created_at),
+        updated_at=to_timestamp(payment.updated_at),
     )
 
 
@@ -58,7 +51,7 @@ def _order_id(request) -> str:
 
 
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, store: PaymentStore, clock: Callable[[], dt.datetime] = charges.utc_now):
+    def __init__(self, store: PaymentStore, clock: Callable[[], dt.datetime] = utc_now):
         self.store = store
         # Expiry is judged against this clock, at tokenization and at charge time.
         self.clock = clock

@@ -20,6 +20,7 @@ from payment_svc import charges
 from payment_svc.charges import CAPTURED, REFUNDED, Authorization, Payment, PaymentMethod
 from plumbing import db
 from plumbing.errors import ShopError, failed_precondition, not_found
+from plumbing.timestamps import as_utc, utc_now
 
 metadata = sa.MetaData()
 
@@ -69,11 +70,6 @@ payments = sa.Table(
 MIGRATIONS = (lambda conn: metadata.create_all(conn),)
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    # SQLite hands back the naive UTC time that was stored.
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
 def _payment(row) -> Payment:
     return Payment(
         id=row.id,
@@ -84,8 +80,8 @@ def _payment(row) -> Payment:
         card_brand=row.card_brand,
         card_last4=row.card_last4,
         decline_reason=row.decline_reason,
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
     )
 
 
@@ -120,7 +116,7 @@ class PaymentStore:
                     exp_month=method.exp_month,
                     exp_year=method.exp_year,
                     processor_outcome=method.processor_outcome,
-                    created_at=charges.utc_now(),
+                    created_at=utc_now(),
                 )
             )
 
@@ -150,7 +146,7 @@ class PaymentStore:
         replica, gets the first one. A voided order is refused.
         """
         with db.write(self.engine) as conn:
-            now = charges.utc_now()
+            now = utc_now()
             payment_id = charges.new_payment_id()
             claimed = db.insert_if_absent(
                 conn,
@@ -184,7 +180,7 @@ class PaymentStore:
         """Settle an order's unknown outcome for good: no Charge may follow,
         and a capture, if there is one, is refunded. Idempotent."""
         with db.write(self.engine) as conn:
-            now = charges.utc_now()
+            now = utc_now()
             # A tombstone if no Charge came first; if one is in flight, this
             # waits for it, then sees its payment below.
             db.insert_if_absent(
@@ -203,7 +199,7 @@ class PaymentStore:
     def refund(self, order_id: str) -> Payment:
         """Refund the order's capture; a repeat returns the refunded payment."""
         with db.write(self.engine) as conn:
-            refunded = self._refund_capture(conn, order_id, charges.utc_now())
+            refunded = self._refund_capture(conn, order_id, utc_now())
             if refunded is not None:
                 return refunded
             existing = self._order_payments(conn, order_id)
