@@ -57,3 +57,36 @@ def database_url(request, tmp_path, postgres_available):
 def sqlite_url(tmp_path):
     """Like database_url, SQLite only: for tests about SQLite files themselves."""
     return lambda name: f"sqlite:///{tmp_path}/{name}.db"
+
+
+@pytest.fixture
+def shop(database_url, sqlite_url):
+    """All three services in-process: orders on both backends (inventory's
+    and payment's own suites cover theirs, so they run on SQLite here)."""
+    from tests import harness
+
+    shop = harness.OrderShop.start(database_url, sqlite_url)
+    yield shop
+    shop.stop()
+
+
+@pytest.fixture
+def backends(sqlite_url):
+    """Inventory and payment in-process, and a scripted order service, for the gateway."""
+    from tests.test_gateway_support import running_backends
+
+    with running_backends(sqlite_url) as running:
+        yield running
+
+
+@pytest.fixture
+def client(backends):
+    """Flask's test client of a gateway in front of `backends`."""
+    from tests.test_gateway_support import make_client
+
+    return make_client(backends)
+
+
+@pytest.fixture
+def orders(backends):
+    return backends.scripted_orders

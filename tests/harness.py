@@ -14,11 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import pytest
 
 from plumbing import db
 from plumbing.server import Service, ShopServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# For tests where the backend does not matter: SQLite only, to keep the suite quick.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @dataclass

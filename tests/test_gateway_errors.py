@@ -17,27 +17,10 @@ from tests.test_gateway_support import (
     assert_error,
     detail_of,
     make_client,
-    running_backends,
     unused_address,
 )
 
 ORDER = {"customer_id": "C123", "items": [{"product_id": "P001", "quantity": 2}]}
-
-
-@pytest.fixture
-def backends(sqlite_url):
-    with running_backends(sqlite_url) as running:
-        yield running
-
-
-@pytest.fixture
-def client(backends):
-    return make_client(backends)
-
-
-@pytest.fixture
-def orders(backends):
-    return backends.scripted_orders
 
 
 # 400 INVALID_ARGUMENT

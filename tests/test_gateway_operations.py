@@ -18,22 +18,9 @@ from plumbing.logs import JsonFormatter
 from tests.test_gateway_support import (
     gateway_config,
     make_client,
-    running_backends,
     start_scripted_orders,
     unused_address,
 )
-
-
-@pytest.fixture
-def backends(sqlite_url):
-    with running_backends(sqlite_url) as running:
-        yield running
-
-
-@pytest.fixture
-def client(backends):
-    return make_client(backends)
-
 
 # /health, /ready, /mesh/service-status
 

@@ -9,21 +9,12 @@ is not reachable at TEST_REDIS_URL.
 import logging
 import uuid
 
-import pytest
-
 from tests.test_gateway_support import (
     assert_error,
     make_client,
     redis_or_skip,
-    running_backends,
     unused_address,
 )
-
-
-@pytest.fixture
-def backends(sqlite_url):
-    with running_backends(sqlite_url) as running:
-        yield running
 
 
 def test_over_the_limit_is_429_rate_limited_with_retry_after_and_ratelimit_headers(backends):

@@ -13,27 +13,10 @@ from tests.test_gateway_support import (
     assert_error,
     detail_of,
     make_client,
-    running_backends,
 )
 
 NEXT_YEAR = dt.datetime.now(dt.UTC).year + 1
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
-
-
-@pytest.fixture
-def backends(sqlite_url):
-    with running_backends(sqlite_url) as running:
-        yield running
-
-
-@pytest.fixture
-def client(backends):
-    return make_client(backends)
-
-
-@pytest.fixture
-def orders(backends):
-    return backends.scripted_orders
 
 
 # Inventory

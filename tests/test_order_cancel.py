@@ -13,16 +13,6 @@ from shop.order.v1 import order_pb2 as pb
 from shop.payment.v1 import payment_pb2 as pay
 from tests import harness
 
-# The backend does not matter to this test: SQLite only, to keep the suite quick.
-sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def shop(database_url, sqlite_url):
-    shop = harness.OrderShop.start(database_url, sqlite_url)
-    yield shop
-    shop.stop()
-
 
 def place(orders, payment_method="", items=(("P001", 2), ("P005", 1))):
     request = pb.CreateOrderRequest(
@@ -99,7 +89,7 @@ def test_concurrent_cancels_refund_once_and_all_answer_cancelled(shop):
     assert stock(shop) == before
 
 
-@sqlite_only
+@harness.sqlite_only
 @pytest.mark.parametrize(
     "failing", [dict(payment_method="tok_chargeDeclined"), dict(items=[("P001", 999)])], ids=["declined", "failed"]
 )
@@ -116,7 +106,7 @@ def test_cancel_of_an_order_that_never_completed_is_not_cancellable(shop, failin
     assert shop.payment_faults.requests("Refund") == []
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_cancel_of_a_pending_order_says_it_is_in_progress(shop):
     gate = threading.Event()
     shop.payment_faults.rules["Charge"] = lambda request, context, charge: gate.wait(30) and charge(request, context)
@@ -134,7 +124,7 @@ def test_cancel_of_a_pending_order_says_it_is_in_progress(shop):
     assert placed.status == pb.CONFIRMED
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_unknown_order_cannot_be_cancelled(shop):
     error = refused(cancel, shop.orders(), "ord_ffffffffffffffffffffffff")
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")

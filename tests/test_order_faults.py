@@ -16,12 +16,9 @@ from tests import harness
 
 FINAL = (pb.CONFIRMED, pb.PAYMENT_FAILED, pb.FAILED, pb.CANCELLED)
 
-# The backend does not matter to this test: SQLite only, to keep the suite quick.
-sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
 @pytest.fixture
 def shop(database_url, sqlite_url):
+    # Overrides conftest's: upstream calls give up after 1 s here.
     shop = harness.OrderShop.start(database_url, sqlite_url, downstream_timeout_s=1.0)
     yield shop
     shop.stop()
@@ -63,7 +60,7 @@ def held_until(gate: threading.Event):
     return rule
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_inventory_down_fails_the_order_quickly_with_nothing_reserved_or_charged(shop):
     before = stock(shop, "P001", "P002")
     port = shop.stop_upstream("inventory")
@@ -121,7 +118,7 @@ def test_payment_slower_than_the_deadline_never_leaves_a_charge_on_a_failed_orde
     assert pay.CAPTURED not in statuses, statuses
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_inventory_slower_than_the_deadline_fails_the_order_and_returns_any_stock(shop):
     before = stock(shop, "P001", "P002")
     gate = threading.Event()

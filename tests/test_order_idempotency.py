@@ -13,16 +13,6 @@ from shop.order.v1 import order_pb2 as pb
 from shop.payment.v1 import payment_pb2 as pay
 from tests import harness
 
-# The backend does not matter to this test: SQLite only, to keep the suite quick.
-sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def shop(database_url, sqlite_url):
-    shop = harness.OrderShop.start(database_url, sqlite_url)
-    yield shop
-    shop.stop()
-
 
 def request(customer_id="C1", items=(("P001", 1),), payment_method=""):
     return pb.CreateOrderRequest(
@@ -90,7 +80,7 @@ def test_same_key_with_a_different_body_is_refused(shop):
     assert [o.id for o in all_orders(orders)] == [first.id]
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_flat_and_items_forms_of_one_request_are_the_same_request(shop):
     orders = shop.orders()
     first = orders.CreateOrder(request(items=[("P001", 3)]), timeout=10, metadata=with_key("key-forms"))
@@ -136,7 +126,7 @@ def test_retry_after_a_failure_returns_the_very_same_error(shop, create_request)
     assert len(shop.payment_faults.requests("Charge")) <= 1
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_keys_are_scoped_to_the_customer(shop):
     orders = shop.orders()
     first = orders.CreateOrder(request(customer_id="C1"), timeout=10, metadata=with_key("shared"))

@@ -10,16 +10,6 @@ from plumbing.errors import from_rpc_error
 from shop.order.v1 import order_pb2 as pb
 from tests import harness
 
-# The backend does not matter to this test: SQLite only, to keep the suite quick.
-sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def shop(database_url, sqlite_url):
-    shop = harness.OrderShop.start(database_url, sqlite_url)
-    yield shop
-    shop.stop()
-
 
 def place(orders, customer_id, payment_method=""):
     request = pb.CreateOrderRequest(
@@ -100,7 +90,7 @@ def test_a_page_token_skips_nothing_when_orders_arrive_between_pages(shop):
     assert list_ids(orders)[0][0] == newer
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_page_size_defaults_to_fifty(shop):
     orders = shop.orders()
     with ThreadPoolExecutor(8) as pool:
@@ -114,7 +104,7 @@ def test_page_size_defaults_to_fifty(shop):
     assert len(set(ids + rest)) == 51
 
 
-@sqlite_only
+@harness.sqlite_only
 @pytest.mark.parametrize("page_size", [201, -1])
 def test_page_size_out_of_range_is_refused(shop, page_size):
     error = refused(shop.orders(), page_size=page_size)
@@ -122,12 +112,12 @@ def test_page_size_out_of_range_is_refused(shop, page_size):
     assert [field for field, _ in error.violations] == ["page_size"]
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_page_size_of_two_hundred_is_accepted(shop):
     assert list_ids(shop.orders(), page_size=200) == ([], "")
 
 
-@sqlite_only
+@harness.sqlite_only
 @pytest.mark.parametrize("token", ["not-a-token", "eyJ0IjoxfQ", "!!!", "e30"])
 def test_bad_page_token_is_refused(shop, token):
     error = refused(shop.orders(), page_token=token)
@@ -135,7 +125,7 @@ def test_bad_page_token_is_refused(shop, token):
     assert [field for field, _ in error.violations] == ["page_token"]
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_page_token_is_good_only_for_the_filter_it_was_issued_for(shop):
     orders = shop.orders()
     for _ in range(3):

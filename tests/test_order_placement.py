@@ -16,18 +16,6 @@ from tests import harness
 
 NEXT_YEAR = dt.datetime.now(dt.UTC).year + 1
 
-# The backend does not matter to this test: SQLite only, to keep the suite quick.
-sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def shop(database_url, sqlite_url):
-    # Orders on both backends; inventory's and payment's own suites cover theirs.
-    shop = harness.OrderShop.start(database_url, sqlite_url)
-    yield shop
-    shop.stop()
-
-
 def place(orders, customer_id="C1", items=(("P001", 1),), payment_method="", metadata=(), timeout=10):
     request = pb.CreateOrderRequest(
         customer_id=customer_id,
@@ -103,7 +91,7 @@ def test_total_beyond_32_bits_stays_exact_in_integer_cents(shop):
     assert payments_of(shop, order.id)[0].amount_cents == 5_000_000_000_000
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_order_has_an_id_timestamps_and_is_stored(shop):
     orders = shop.orders()
     order = place(orders, payment_method="tok_mastercard")
@@ -114,7 +102,7 @@ def test_order_has_an_id_timestamps_and_is_stored(shop):
     assert payments_of(shop, order.id)[0].card_brand == "mastercard"
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_flat_form_of_the_original_design_is_one_item(shop):
     request = pb.CreateOrderRequest(customer_id="C1", product_id="P003", quantity=2)
     order = shop.orders().CreateOrder(request, timeout=10)
@@ -123,14 +111,14 @@ def test_flat_form_of_the_original_design_is_one_item(shop):
     assert order.total_cents == 6998
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_payment_method_defaults_to_tok_visa(shop):
     order = place(shop.orders())
     (payment,) = payments_of(shop, order.id)
     assert (payment.card_brand, payment.card_last4) == ("visa", "4242")
 
 
-@sqlite_only
+@harness.sqlite_only
 @pytest.mark.parametrize(
     "method, decline_reason",
     [
@@ -176,7 +164,7 @@ def test_one_item_out_of_stock_leaves_every_item_untouched_and_charges_nothing(s
     assert shop.payment_faults.requests("Charge") == []
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_mixed_currencies_fail_the_order_and_return_the_stock(shop):
     put_product(shop, "EURO", 1500, 5, currency="EUR")
     before = stock(shop, "EURO", "P001")
@@ -191,7 +179,7 @@ def test_mixed_currencies_fail_the_order_and_return_the_stock(shop):
     assert payments_of(shop, order.id) == []
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_unknown_product_fails_the_order_naming_it(shop):
     error = refused(place, shop.orders(), items=[("P001", 1), ("NOPE", 1)])
 
@@ -214,7 +202,7 @@ def test_unknown_payment_method_fails_the_order_and_returns_the_stock(shop):
     assert payments_of(shop, order.id) == []
 
 
-@sqlite_only
+@harness.sqlite_only
 def test_unknown_order_is_not_found(shop):
     error = refused(shop.orders().GetOrder, pb.GetOrderRequest(order_id="ord_000000000000000000000000"), timeout=10)
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
