@@ -284,12 +284,15 @@ def with_order_id(error: ShopError, order_id: str) -> ShopError:
 
 def upstream_unavailable(service: str, error: ShopError, order_id: str, consequence: str) -> ShopError:
     """An upstream that did not answer for sure: UNAVAILABLE or
-    DEADLINE_EXCEEDED, naming the upstream and the order."""
+    DEADLINE_EXCEEDED (the reasons of API.md's 503 and 504 rows), naming the
+    upstream and the order."""
     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        code, reason, what = grpc.StatusCode.DEADLINE_EXCEEDED, f"{service.upper()}_TIMEOUT", "did not answer in time"
+        code, what = grpc.StatusCode.DEADLINE_EXCEEDED, "did not answer in time"
     else:
-        code, reason, what = grpc.StatusCode.UNAVAILABLE, f"{service.upper()}_UNAVAILABLE", "is unavailable"
-    return ShopError(code, f"{service} {what}; order {order_id} {consequence}", reason, {"order_id": order_id})
+        code, what = grpc.StatusCode.UNAVAILABLE, "is unavailable"
+    return ShopError(
+        code, f"{service} {what}; order {order_id} {consequence}", code.name, {"order_id": order_id, "service": service}
+    )
 
 
 # What the caller is told happens to an order whose Reserve or Charge had an

@@ -138,7 +138,7 @@ def test_cancel_while_payment_is_down_completes_once_it_is_back(shop):
 
     error = refused(cancel, orders, order.id, timeout=5)
 
-    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "PAYMENT_UNAVAILABLE")
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
     assert error.metadata["order_id"] == order.id
     assert orders.GetOrder(pb.GetOrderRequest(order_id=order.id), timeout=10).status == pb.CONFIRMED
 

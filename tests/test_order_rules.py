@@ -80,14 +80,14 @@ def test_page_size_is_50_by_default_and_at_most_200(page_size, valid, size):
 @pytest.mark.parametrize(
     "code, expected, reason",
     [
-        (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "PAYMENT_UNAVAILABLE"),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED, "PAYMENT_TIMEOUT"),
-        (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, "PAYMENT_UNAVAILABLE"),
+        (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+        (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
     ],
 )
 def test_an_upstream_without_a_sure_answer_keeps_its_code_and_names_the_order(code, expected, reason):
     error = saga.upstream_unavailable("payment", ShopError(code, "boom"), "ord_1", "failed")
-    assert (error.code, error.reason, error.metadata) == (expected, reason, {"order_id": "ord_1"})
+    assert (error.code, error.reason, error.metadata) == (expected, reason, {"order_id": "ord_1", "service": "payment"})
     assert "ord_1" in error.message
 
 
