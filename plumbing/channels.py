@@ -13,7 +13,10 @@ from plumbing import metrics
 from plumbing.deadlines import timeout_for_call
 from plumbing.logs import request_id_var
 
-MAX_RECONNECT_BACKOFF_MS = 5_000
+# A replica that restarts (a rollout, a crash) is reconnected within about
+# this long, and until then round_robin sends its share to the others.
+INITIAL_RECONNECT_BACKOFF_MS = 250
+MAX_RECONNECT_BACKOFF_MS = 2_000
 
 
 def resolve_target(address: str) -> str:
@@ -47,7 +50,12 @@ def service_config(service: str, retry_methods: tuple[str, ...] = ()) -> str:
     """round_robin, plus transparent retries on UNAVAILABLE for idempotent reads.
     Writes are never retried here: the saga's idempotency keys make their
     retries safe, at the level that knows what a retry means."""
-    config: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
+    config: dict = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        # Client-side health checking: a replica that turns NOT_SERVING (its
+        # SIGTERM drain) gets no new calls while it finishes the ones it has.
+        "healthCheckConfig": {"serviceName": service},
+    }
     if retry_methods:
         config["methodConfig"] = [
             {
@@ -150,6 +158,8 @@ def open_channel(
             # After a long outage the default backoff (up to 120 s) would keep
             # failing calls fast long after the backend is back; orders must
             # settle within 30 s of it answering again.
+            ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ],
     )

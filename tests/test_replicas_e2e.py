@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import redis
 
+from plumbing.channels import MAX_RECONNECT_BACKOFF_MS
 from scripts.stack import Stack, http, metric_total, plan_stack
 from tests.conftest import POSTGRES_ADMIN_URL
 
@@ -50,6 +51,7 @@ def replicated(tmp_path):
         "SHUTDOWN_GRACE_S": "5",
         "MAX_CONNECTION_AGE_S": "5",
         "RECOVERY_INTERVAL_S": "1",
+        "LOG_LEVEL": os.environ.get("E2E_LOG_LEVEL", "WARNING"),
     }
     try:
         stack = Stack(plan_stack(2, environ), log_dir=str(tmp_path)).start()
@@ -143,12 +145,27 @@ def test_sigterm_of_each_service_replica_in_turn_fails_no_order(replicated):
     for t in threads:
         t.start()
     try:
-        for module in ("inventory_svc", "payment_svc", "order_svc"):
+        for module, service in (
+            ("inventory_svc", "shop.inventory.v1.InventoryService"),
+            ("payment_svc", "shop.payment.v1.PaymentService"),
+            ("order_svc", "shop.order.v1.OrderService"),
+        ):
             for spec, proc in replicated.replicas_of(module):
                 time.sleep(1)
                 proc.send_signal(signal.SIGTERM)
                 assert proc.wait(timeout=30) == 0
                 replicated.restart(spec)
+                # As a rollout waits for the new pod to take traffic before
+                # it stops the next one.
+                for _ in range(300):
+                    if metric_total(spec.metrics_port, "grpc_server_handled_total", grpc_service=service):
+                        break
+                    time.sleep(0.1)
+                else:
+                    pytest.fail(f"{spec.name} took no calls after its restart")
+                # ... and every client has reconnected to it (within its
+                # longest reconnect backoff), like a rollout's minReadySeconds.
+                time.sleep(MAX_RECONNECT_BACKOFF_MS / 1000 * 1.5)
         time.sleep(1)
     finally:
         stop.set()
