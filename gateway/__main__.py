@@ -6,6 +6,7 @@ worker builds the app, and opens its gRPC channels, after the fork.
 """
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -13,9 +14,12 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import uuid
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from gunicorn.workers.gthread import ThreadWorker
 
 from gateway.config import GatewayConfig
 from plumbing.config import ConfigError
@@ -38,6 +42,42 @@ class GatewayLogger(Logger):
             handler.setFormatter(formatter)
 
 
+# What gunicorn answers before the app sees a request (a request line or
+# headers over its limits, a request that is not HTTP), by HTTP status.
+_UNREADABLE_REQUESTS = {
+    414: "the request line (method, path and query) is too long",
+    431: "the request headers are too large",
+}
+
+
+def _write_json_error(sock, status_int: int, reason: str, _message: str) -> None:
+    """gunicorn's own error answer in the API's JSON error shape, not its HTML
+    page. Its message is left out: it may quote the request line."""
+    import grpc
+
+    from gateway.errors import gateway_error
+
+    codes = {403: grpc.StatusCode.PERMISSION_DENIED, 501: grpc.StatusCode.UNIMPLEMENTED}
+    code = codes.get(status_int, grpc.StatusCode.INTERNAL if status_int >= 500 else grpc.StatusCode.INVALID_ARGUMENT)
+    message = _UNREADABLE_REQUESTS.get(status_int, f"{reason}: the request could not be read as HTTP")
+    request_id = uuid.uuid4().hex
+    body = json.dumps(gateway_error(code, message, http_status=status_int).body(request_id)).encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+class GatewayWorker(ThreadWorker):
+    """gthread, with gunicorn's own error answers in JSON: the contract's
+    "every error is JSON, never an HTML page" holds before the app too."""
+
+    def init_process(self):
+        gunicorn_util.write_error = _write_json_error
+        super().init_process()
+
+
 def _forget_dead_worker(_arbiter, worker) -> None:
     # Imported here, not at the top: prometheus_client picks its multiprocess
     # mode on import, after _prepare_metrics_dir has set the directory.
@@ -57,7 +97,7 @@ class GatewayServer(BaseApplication):
         GatewayLogger.log_format = config.log.format
         settings = {
             "bind": [f"0.0.0.0:{config.port}"],
-            "worker_class": "gthread",
+            "worker_class": GatewayWorker,
             "workers": config.workers,
             "threads": config.threads,
             "timeout": int(config.upstreams.timeout_s) + _WORKER_TIMEOUT_MARGIN_S,

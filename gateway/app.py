@@ -81,7 +81,8 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
     )
     gateway = Gateway(config, bindings, upstreams, started_at or time.time())
 
-    app = GatewayFlask("gateway")
+    # No static folder: Flask's /static/<path> route is no part of the API (POST /static/x would be 405).
+    app = GatewayFlask("gateway", static_folder=None)
     # One byte over the limit, so _read_body can tell "exactly at the limit"
     # from "over it" (werkzeug's limited stream silently stops at the limit).
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes + 1
@@ -298,8 +299,23 @@ def _add_operations_routes(app: Flask, gateway: Gateway) -> None:
         "/openapi.json": openapi,
     }
     for path, view in views.items():
-        app.add_url_rule(path, endpoint=view.__name__, view_func=view, methods=["GET"])
+        app.add_url_rule(path, endpoint=view.__name__, view_func=_taking_no_query(view), methods=["GET"])
         gateway.routes[view.__name__] = path
+
+
+def _taking_no_query(view):
+    """The operations routes take no query parameters: as on every route, an
+    unknown one is a 400, not silently ignored."""
+
+    def checked():
+        names = sorted(set(request.args))
+        if names:
+            violations = [(name, "unknown query parameter") for name in names]
+            raise invalid_argument("; ".join(f"{n}: {d}" for n, d in violations), violations)
+        return view()
+
+    checked.__name__ = view.__name__
+    return checked
 
 
 # --- responses and errors ----------------------------------------------------

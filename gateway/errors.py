@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import error_details_pb2  # noqa: F401  registers the detail types for Any -> JSON
+from google.rpc import error_details_pb2  # also registers the detail types for Any -> JSON
 from grpc_status import rpc_status
 
 from plumbing.errors import DOMAIN, from_rpc_error
@@ -182,7 +182,11 @@ def _status_details(error: grpc.RpcError) -> list[dict]:
     rendered = []
     for detail in status.details:
         try:
-            rendered.append(json_format.MessageToDict(detail, preserving_proto_field_name=True))
+            as_json = json_format.MessageToDict(detail, preserving_proto_field_name=True)
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                # An empty map is left out of proto3 JSON; an ErrorInfo has one shape however it was made.
+                as_json.setdefault("metadata", {})
+            rendered.append(as_json)
         except (TypeError, KeyError, json_format.Error):
             # A detail type this gateway does not know: say what it was.
             rendered.append({"@type": detail.type_url})

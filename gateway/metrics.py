@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from plumbing.metrics import LATENCY_BUCKETS
+from plumbing.metrics import LATENCY_BUCKETS, labelled
 
 UNMATCHED_ROUTE = "unmatched"
 EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -60,8 +60,8 @@ SERVER_FAILURE_CODES = {
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    http_requests.labels(route, method, str(status)).inc()
-    http_request_seconds.labels(route, method).observe(seconds)
+    labelled(http_requests, route, method, str(status)).inc()
+    labelled(http_request_seconds, route, method).observe(seconds)
 
 
 def registry():
@@ -109,10 +109,12 @@ def traffic_stats(started_at: float, services: dict[str, str]) -> dict:
             "service": service,
             "requests": requests,
             "errors": errors,
-            "success_rate": round((requests - errors) / requests, 4) if requests else None,
+            # Numbers even before the first call (nothing failed, nothing took time), so every
+            # upstream's figures have one type.
+            "success_rate": round((requests - errors) / requests, 4) if requests else 1.0,
             "codes": {code: int(count) for code, count in sorted(codes.items()) if count},
             "latency_ms": {
-                "avg": _ms(latency_sum[service] / observed) if observed else None,
+                "avg": _ms(latency_sum[service] / observed) if observed else 0.0,
                 "p50": _ms(histogram_quantile(0.50, cumulative)),
                 "p95": _ms(histogram_quantile(0.95, cumulative)),
                 "p99": _ms(histogram_quantile(0.99, cumulative)),
@@ -128,8 +130,8 @@ def traffic_stats(started_at: float, services: dict[str, str]) -> dict:
     }
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
+def _ms(seconds: float | None) -> float:
+    return 0.0 if seconds is None else round(seconds * 1000, 3)
 
 
 def histogram_quantile(q: float, cumulative: list[tuple[float, float]]) -> float | None:

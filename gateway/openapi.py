@@ -209,13 +209,17 @@ def openapi_document(bindings: list[Binding], operations_routes: tuple[str, ...]
             if schema is not None
             else {"text/plain": {"schema": {"type": "string"}}}
         )
+        responses = {"200": {"description": description, "content": content}}
+        if path == "/ready":
+            responses["503"] = _error_response("A backend is not SERVING; the body lists each backend")
+        responses["default"] = _error_response("An error in the API's error shape")
         paths[path] = {
             "get": {
                 "operationId": "operations_"
                 + path.strip("/").replace("/", "_").replace("-", "_").replace(".", "_"),
                 "tags": ["operations"],
                 "summary": description,
-                "responses": {"200": {"description": description, "content": content}},
+                "responses": responses,
             }
         }
     schemas.components[ERROR_SCHEMA] = {

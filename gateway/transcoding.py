@@ -343,6 +343,10 @@ def _check_map(value: object, field: FieldDescriptor, path: str, violations: lis
 
 def _check_value(value: object, field: FieldDescriptor, path: str, violations: list) -> None:
     problem = _scalar_problem(value, field) if field.type != FieldDescriptor.TYPE_MESSAGE else None
+    if field.type in _INT_RANGES and isinstance(value, str):
+        # proto3 JSON would take "2"; this API's integers are JSON numbers, in
+        # bodies as in answers (a string is a wrong type: 400).
+        problem = f"must be {_INT_RANGES[field.type][2]} (a JSON number, not a string)"
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         full_name = field.message_type.full_name
         if full_name in _WELL_KNOWN_FORMS:

@@ -17,7 +17,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from plumbing.channels import open_channel
+from plumbing.channels import open_channel, resolve_target
 from plumbing.config import UpstreamConfig
 from shop.inventory.v1 import inventory_pb2
 from shop.order.v1 import order_pb2
@@ -87,12 +87,11 @@ class Upstreams:
         self._pid: int | None = None
         self._channels: dict[str, grpc.Channel] = {}
         self._callables: dict[tuple[str, str], grpc.UnaryUnaryMultiCallable] = {}
+        self._probes: dict[str, grpc.Channel] = {}
 
     def channel(self, backend_name: str) -> grpc.Channel:
         with self._lock:
-            if self._pid != os.getpid():
-                # Inherited across a fork: unusable here, and not ours to close.
-                self._channels, self._callables, self._pid = {}, {}, os.getpid()
+            self._forget_inherited()
             channel = self._channels.get(backend_name)
             if channel is None:
                 backend = self.backends[backend_name]
@@ -101,6 +100,23 @@ class Upstreams:
                 )
                 self._channels[backend_name] = channel
             return channel
+
+    def probe_channel(self, backend_name: str) -> grpc.Channel:
+        """A channel for health checks alone, without the call channel's
+        client-side health checking: through that one a NOT_SERVING backend
+        has no connection to ask, and would read as UNREACHABLE."""
+        with self._lock:
+            self._forget_inherited()
+            channel = self._probes.get(backend_name)
+            if channel is None:
+                channel = grpc.insecure_channel(resolve_target(self.backends[backend_name].address))
+                self._probes[backend_name] = channel
+            return channel
+
+    def _forget_inherited(self) -> None:
+        if self._pid != os.getpid():
+            # Inherited across a fork: unusable here, and not ours to close.
+            self._channels, self._callables, self._probes, self._pid = {}, {}, {}, os.getpid()
 
     def opened(self) -> list[str]:
         """The backends this process has a channel to."""
@@ -131,7 +147,7 @@ class Upstreams:
     def check_health(self, backend_name: str, timeout_s: float, metadata=()) -> HealthReport:
         """The standard grpc.health.v1 Check for the backend's service."""
         backend = self.backends[backend_name]
-        stub = health_pb2_grpc.HealthStub(self.channel(backend_name))
+        stub = health_pb2_grpc.HealthStub(self.probe_channel(backend_name))
         started = time.perf_counter()
         try:
             response = stub.Check(
@@ -152,6 +168,6 @@ class Upstreams:
     def close(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
-                for channel in self._channels.values():
+                for channel in (*self._channels.values(), *self._probes.values()):
                     channel.close()
-            self._channels, self._callables = {}, {}
+            self._channels, self._callables, self._probes = {}, {}, {}

@@ -67,6 +67,20 @@ stock_adjustments = sa.Table(
 
 MIGRATIONS = (lambda conn: metadata.create_all(conn),)
 
+# The statements of every read and reservation, built once: building a
+# statement and its cache key on each call cost more than running it.
+_SELECT_PRODUCT = sa.select(products).where(products.c.product_id == sa.bindparam("w_product_id"))
+_TAKE_STOCK = (
+    products.update()
+    .where(
+        products.c.product_id == sa.bindparam("w_product_id"),
+        products.c.available >= sa.bindparam("w_quantity"),
+    )
+    .values(available=products.c.available - sa.bindparam("w_quantity"), updated_at=sa.bindparam("w_now"))
+    .returning(products.c.price_cents, products.c.currency)
+)
+_INSERT_RESERVATION_LINES = reservation_lines.insert()
+
 
 def _product(row) -> Product:
     return Product(row.product_id, row.name, row.price_cents, row.currency, row.available)
@@ -191,10 +205,7 @@ class InventoryStore:
             lines = []
             for product_id, quantity in quantities.items():
                 row = conn.execute(
-                    products.update()
-                    .where(products.c.product_id == product_id, products.c.available >= quantity)
-                    .values(available=products.c.available - quantity, updated_at=now)
-                    .returning(products.c.price_cents, products.c.currency)
+                    _TAKE_STOCK, {"w_product_id": product_id, "w_quantity": quantity, "w_now": now}
                 ).first()
                 if row is None:
                     # Raising rolls back every decrement made above.
@@ -209,7 +220,7 @@ class InventoryStore:
                     )
                 lines.append(ReservedLine(product_id, quantity, row.price_cents, row.currency))
             conn.execute(
-                reservation_lines.insert(),
+                _INSERT_RESERVATION_LINES,
                 [{"order_id": order_id, **line.__dict__} for line in lines],
             )
             return Reservation(order_id, RESERVED, tuple(lines))
@@ -245,7 +256,7 @@ class InventoryStore:
 
     @staticmethod
     def _find(conn: Connection, product_id: str):
-        return conn.execute(sa.select(products).where(products.c.product_id == product_id)).first()
+        return conn.execute(_SELECT_PRODUCT, {"w_product_id": product_id}).first()
 
     def _get(self, conn: Connection, product_id: str) -> Product:
         row = self._find(conn, product_id)

@@ -325,12 +325,12 @@ def mixed_currencies(order_id: str, currencies: set[str]) -> ShopError:
 
 def interrupted(order_id: str) -> ShopError:
     """What an order that recovery had to fail answers with: its request was
-    cut off before it could say."""
+    cut off before it could say (a service went away: API.md's 503 row)."""
     return ShopError(
         grpc.StatusCode.UNAVAILABLE,
         f"order {order_id} was interrupted before it completed; nothing is reserved or charged",
-        "ORDER_INTERRUPTED",
-        {"order_id": order_id},
+        "UNAVAILABLE",
+        {"order_id": order_id, "cause": "interrupted"},
     )
 
 
@@ -379,10 +379,9 @@ class OrderSaga:
     def place_order(self, request: OrderRequest) -> Order:
         """Run the saga for a new order, or answer a retry of one with its
         outcome. Raises the order's error (naming it) when it fails."""
-        if request.idempotency_key:
-            existing = self.store.find_by_idempotency_key(request.customer_id, request.idempotency_key)
-            if existing is not None:
-                return self._replay(*existing, request)
+        # No lookup of the idempotency key first: storing the order finds a
+        # taken key by itself (its unique constraint), so a first attempt
+        # costs one round trip to the database, not two.
         owner = self._new_owner()
         order = Order(
             id=new_order_id(),
@@ -394,7 +393,7 @@ class OrderSaga:
         )
         stored = self.store.create(order, request.idempotency_key, request.fingerprint(), owner, self._lease_until())
         if stored is None:
-            # A concurrent duplicate stored its order first.
+            # A retry, or a concurrent duplicate, stored its order first.
             existing = self.store.find_by_idempotency_key(request.customer_id, request.idempotency_key)
             return self._replay(*existing, request)
         log.info("order stored", extra={"order_id": stored.id, "customer_id": stored.customer_id})
@@ -598,15 +597,18 @@ class OrderSaga:
     def _move(self, order: Order, owner: str, lease_until: dt.datetime | None, **changes) -> Order | None:
         """Compare-and-set from the order's status and step, as long as
         `owner` holds its lease; lease_until None ends the lease."""
-        return self.store.advance(order.id, (order.status, order.step), owner, lease_until, **changes)
+        return self.store.advance(
+            order.id, (order.status, order.step), owner, lease_until, known_items=order.items, **changes
+        )
 
     # Retries with an idempotency key
 
     def _replay(self, existing: Order, fingerprint: str, request: OrderRequest) -> Order:
         if fingerprint != request.fingerprint():
+            # Names the order the key belongs to, as every error about an existing order does.
             raise invalid_argument(
                 [("idempotency-key", "was already used with a different request")], reason="IDEMPOTENCY_KEY_REUSED"
-            )
+            ).with_metadata(order_id=existing.id)
         return self._await_outcome(
             existing.id,
             ShopError(

@@ -7,6 +7,7 @@ row it returns, so two actors - a request and recovery, or two replicas -
 never both move one order, on SQLite or PostgreSQL alike.
 """
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -69,6 +70,33 @@ MIGRATIONS = (lambda conn: metadata.create_all(conn),)
 
 _ORDER_COLUMNS = {"status", "step", "outcome", "total_cents", "currency", "payment_id"}
 
+# The statements of every order's path, built once: building a statement and
+# its cache key on each call cost more than running it. (An UPDATE without
+# .values() sets the columns named by its parameters; the WHERE takes w_*.)
+_SELECT_ORDER = sa.select(orders).where(orders.c.id == sa.bindparam("w_id"))
+_SELECT_ORDER_ITEMS = (
+    sa.select(order_items).where(order_items.c.order_id == sa.bindparam("w_id")).order_by(order_items.c.line)
+)
+_SELECT_ITEMS = (
+    sa.select(order_items)
+    .where(order_items.c.order_id.in_(sa.bindparam("w_ids", expanding=True)))
+    .order_by(order_items.c.order_id, order_items.c.line)
+)
+_INSERT_ITEMS = order_items.insert()
+_DELETE_ITEMS = order_items.delete().where(order_items.c.order_id == sa.bindparam("w_id"))
+_CAS = orders.update().where(
+    orders.c.id == sa.bindparam("w_id"),
+    orders.c.status == sa.bindparam("w_status"),
+    orders.c.step == sa.bindparam("w_step"),
+)
+_ADVANCE = {
+    False: _CAS.returning(*orders.c),
+    True: _CAS.where(orders.c.lease_owner == sa.bindparam("w_owner")).returning(*orders.c),
+}
+_SELECT_BY_IDEMPOTENCY_KEY = sa.select(orders.c.id, orders.c.request_fingerprint).where(
+    orders.c.customer_id == sa.bindparam("w_customer_id"), orders.c.idempotency_key == sa.bindparam("w_key")
+)
+
 
 
 
@@ -128,7 +156,7 @@ class OrderStore:
         duplicate, on any replica)."""
         with db.write(self.engine) as conn:
             now = utc_now()
-            inserted = db.insert_if_absent(
+            inserted = db.insert_returning_key(
                 conn,
                 orders,
                 dict(
@@ -150,21 +178,18 @@ class OrderStore:
                     updated_at=now,
                 ),
             )
-            if not inserted:
+            if inserted is None:
                 if not idempotency_key:
                     raise RuntimeError(f"order id {order.id} is taken")
                 return None
-            conn.execute(order_items.insert(), self._item_rows(order.id, order.items))
-            return self._load_one(conn, order.id)
+            conn.execute(_INSERT_ITEMS, self._item_rows(order.id, order.items))
+        # What was just stored, as a read would return it, without the read.
+        return dataclasses.replace(order, created_at=now, updated_at=now, seq=inserted.seq)
 
     def find_by_idempotency_key(self, customer_id: str, key: str) -> tuple[Order, str] | None:
         """The order placed with this key, and its request's fingerprint."""
         with db.read(self.engine) as conn:
-            row = conn.execute(
-                sa.select(orders.c.id, orders.c.request_fingerprint).where(
-                    orders.c.customer_id == customer_id, orders.c.idempotency_key == key
-                )
-            ).first()
+            row = conn.execute(_SELECT_BY_IDEMPOTENCY_KEY, {"w_customer_id": customer_id, "w_key": key}).first()
             if row is None:
                 return None
             return self._load_one(conn, row.id), row.request_fingerprint
@@ -202,20 +227,25 @@ class OrderStore:
         lease_until: dt.datetime | None,
         failure: Failure | None = None,
         items: tuple[OrderItem, ...] | None = None,
+        known_items: tuple[OrderItem, ...] | None = None,
         **changes,
     ) -> Order | None:
         """Compare-and-set: apply `changes` if the order is at `expected`
         (status, step) and, unless owner is None, `owner` holds its lease.
         lease_until renews the lease; None ends it. None if the order had
-        moved on."""
+        moved on.
+
+        `items` replaces the order's items. `known_items` are its items as
+        the caller read them at `expected`, returned without reading them
+        again: items change only together with a step, and no order comes
+        back to a step it has left, so the CAS proves them current."""
         unknown = set(changes) - _ORDER_COLUMNS
         if unknown:
             raise ValueError(f"not order columns: {sorted(unknown)}")
         status, step = expected
-        conditions = [orders.c.id == order_id, orders.c.status == status, orders.c.step == step]
+        values = dict(changes, updated_at=utc_now(), w_id=order_id, w_status=status, w_step=step)
         if owner is not None:
-            conditions.append(orders.c.lease_owner == owner)
-        values = dict(changes, updated_at=utc_now())
+            values.update(w_owner=owner)
         if failure is not None:
             values.update(_failure_columns(failure))
         if lease_until is None:
@@ -223,13 +253,17 @@ class OrderStore:
         else:
             values.update(lease_expires_at=lease_until)
         with db.write(self.engine) as conn:
-            moved = conn.execute(orders.update().where(*conditions).values(**values).returning(orders.c.id)).first()
-            if moved is None:
+            # RETURNING the whole row: the moved order without reading it again.
+            row = conn.execute(_ADVANCE[owner is not None], values).first()
+            if row is None:
                 return None
             if items is not None:
-                conn.execute(order_items.delete().where(order_items.c.order_id == order_id))
-                conn.execute(order_items.insert(), self._item_rows(order_id, items))
-            return self._load_one(conn, order_id)
+                conn.execute(_DELETE_ITEMS, {"w_id": order_id})
+                conn.execute(_INSERT_ITEMS, self._item_rows(order_id, items))
+                return _order(row, items)
+            if known_items is not None:
+                return _order(row, known_items)
+            return self._with_items(conn, [row])[0]
 
     def begin_cancel(self, order_id: str, owner: str, lease_until: dt.datetime) -> Order | None:
         """CONFIRMED -> CONFIRMED at step CANCELLING (also when a previous
@@ -309,7 +343,7 @@ class OrderStore:
         ]
 
     def _load_one(self, conn: Connection, order_id: str) -> Order | None:
-        rows = conn.execute(sa.select(orders).where(orders.c.id == order_id)).all()
+        rows = conn.execute(_SELECT_ORDER, {"w_id": order_id}).all()
         found = self._with_items(conn, rows)
         return found[0] if found else None
 
@@ -317,11 +351,9 @@ class OrderStore:
     def _with_items(conn: Connection, rows) -> list[Order]:
         if not rows:
             return []
+        if len(rows) == 1:
+            return [_order(rows[0], conn.execute(_SELECT_ORDER_ITEMS, {"w_id": rows[0].id}).all())]
         items: dict[str, list] = {row.id: [] for row in rows}
-        for item in conn.execute(
-            sa.select(order_items)
-            .where(order_items.c.order_id.in_(list(items)))
-            .order_by(order_items.c.order_id, order_items.c.line)
-        ):
+        for item in conn.execute(_SELECT_ITEMS, {"w_ids": list(items)}):
             items[item.order_id].append(item)
         return [_order(row, items[row.id]) for row in rows]

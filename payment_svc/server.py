@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from payment_svc import charges
 from payment_svc.store import PaymentStore
-from plumbing.errors import invalid_argument
+from plumbing.errors import invalid_argument, not_found
 from plumbing.timestamps import to_timestamp, utc_now
 from plumbing.validation import ID_PATTERN, Violations
 from shop.payment.v1 import payment_pb2 as pb
@@ -62,6 +62,15 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         card = request.card
         method = charges.tokenize(card.number, card.exp_month, card.exp_year, card.cvc, self.clock())
         self.store.add_payment_method(method)
+        return payment_method_to_pb(method)
+
+    def GetPaymentMethod(self, request, context):
+        violations = Violations()
+        violations.check_id("payment_method_id", request.payment_method_id)
+        violations.raise_if_any()
+        method = self._payment_method(request.payment_method_id)
+        if method is None:
+            raise not_found("payment method", request.payment_method_id)
         return payment_method_to_pb(method)
 
     def GetPayment(self, request, context):

@@ -135,8 +135,8 @@ class DeadlineInterceptor(grpc.UnaryUnaryClientInterceptor):
         call = continuation(new_details, request)
 
         def record(done):
-            metrics.client_handled.labels("unary", service, method, done.code().name).inc()
-            metrics.client_handling_seconds.labels("unary", service, method).observe(
+            metrics.labelled(metrics.client_handled, "unary", service, method, done.code().name).inc()
+            metrics.labelled(metrics.client_handling_seconds, "unary", service, method).observe(
                 time.perf_counter() - started
             )
 

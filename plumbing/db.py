@@ -9,7 +9,10 @@ UPDATE's WHERE after waiting for a row lock.
 """
 
 import contextlib
+import functools
 import pathlib
+import threading
+import weakref
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 
@@ -65,15 +68,31 @@ def _open_sqlite(url: str, pool_size: int) -> Engine:
     @sa.event.listens_for(engine, "begin")
     def on_begin(connection):
         immediate = connection.get_execution_options().get("sqlite_immediate", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Straight to the driver: a statement through SQLAlchemy here cost
+        # more than the BEGIN itself, on every transaction.
+        connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
+    _SQLITE_WRITERS[engine] = threading.RLock()
     return engine
+
+
+# SQLite has one writer at a time. Threads of one process queue for it here,
+# each handed the turn the moment the last one commits; left to SQLite's busy
+# handler they would sleep and poll (1, 2, 5 ... 100 ms), leaving the write
+# lock idle between turns. Other processes on the same file still wait in the
+# busy timeout. (Reentrant, so a nested write fails as it always has, on the
+# busy timeout, instead of hanging.)
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
     """A write transaction: committed on success, rolled back on error."""
-    with engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+    with (
+        _SQLITE_WRITERS.get(engine) or contextlib.nullcontext(),
+        engine.connect().execution_options(sqlite_immediate=True) as conn,
+        conn.begin(),
+    ):
         yield conn
 
 
@@ -91,9 +110,21 @@ def insert_if_absent(conn: Connection, table: sa.Table, values: dict) -> bool:
     work; a repeat, or a concurrent duplicate on another replica, finds it.
     (RETURNING rather than rowcount, which psycopg reports as -1 here.)
     """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    return conn.execute(statement.returning(*table.primary_key.columns)).first() is not None
+    return insert_returning_key(conn, table, values) is not None
+
+
+def insert_returning_key(conn: Connection, table: sa.Table, values: dict) -> sa.Row | None:
+    """insert_if_absent, answering the inserted row's primary key (None if
+    the row was there already)."""
+    return conn.execute(_insert_if_absent(conn.dialect.name, table), values).first()
+
+
+@functools.cache
+def _insert_if_absent(dialect_name: str, table: sa.Table) -> sa.Insert:
+    # Built once per table: the columns come from each call's parameters, and
+    # SQLAlchemy's compiled cache keys on them.
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
 
 
 def migrate(

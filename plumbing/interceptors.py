@@ -20,28 +20,42 @@ _QUIET_SERVICES = {"grpc.health.v1.Health"}
 
 
 class ServerInterceptor(grpc.ServerInterceptor):
+    def __init__(self):
+        # method -> (the service's handler, the observed handler wrapping it):
+        # wrapped once per method, not once per call.
+        self._observed: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler  # streaming: health Watch, reflection
+        cached = self._observed.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         service, method = metrics.split_method(handler_call_details.method)
         behavior = handler.unary_unary
 
         def observed(request, context):
             return self._observe(behavior, request, context, service, method)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = grpc.unary_unary_rpc_method_handler(
             observed,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._observed[handler_call_details.method] = (handler, wrapped)
+        return wrapped
 
     def _observe(self, behavior, request, context: grpc.ServicerContext, service, method):
-        incoming = dict(context.invocation_metadata())
-        request_id = incoming.get("x-request-id") or uuid.uuid4().hex
+        request_id = ""
+        for key, value in context.invocation_metadata():
+            if key == "x-request-id":
+                request_id = value
+                break
+        request_id = request_id or uuid.uuid4().hex
         rid_token = request_id_var.set(request_id)
         deadline_token = deadline_var.set(deadline_from_remaining(context.time_remaining()))
-        metrics.server_started.labels("unary", service, method).inc()
+        metrics.labelled(metrics.server_started, "unary", service, method).inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -62,8 +76,8 @@ class ServerInterceptor(grpc.ServerInterceptor):
             raise
         finally:
             elapsed = time.perf_counter() - started
-            metrics.server_handled.labels("unary", service, method, code.name).inc()
-            metrics.server_handling_seconds.labels("unary", service, method).observe(elapsed)
+            metrics.labelled(metrics.server_handled, "unary", service, method, code.name).inc()
+            metrics.labelled(metrics.server_handling_seconds, "unary", service, method).observe(elapsed)
             if service not in _QUIET_SERVICES:
                 log.info(
                     "rpc",

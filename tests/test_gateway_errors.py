@@ -80,6 +80,17 @@ def test_missing_or_out_of_range_fields_are_400_from_the_service(client, body):
     assert detail_of(error, "google.rpc.BadRequest")["field_violations"]
 
 
+def test_an_upstream_error_info_without_metadata_still_has_a_metadata_object(client):
+    # The service's ErrorInfo has an empty metadata map, which proto3 JSON leaves out.
+    error = assert_error(client.post("/inventory/check", json={"items": []}), 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+    assert detail_of(error, "google.rpc.ErrorInfo") == {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "INVALID_ARGUMENT",
+        "domain": "shop",
+        "metadata": {},
+    }
+
+
 def test_unknown_query_parameter_is_400(client):
     error = assert_error(client.get("/inventory?sort=price"), 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
     assert detail_of(error, "google.rpc.BadRequest")["field_violations"] == [
@@ -213,6 +224,11 @@ def test_backend_slower_than_the_deadline_is_504(backends):
 @pytest.mark.parametrize("path", ["/", "/nope", "/orders/ord_1/items", "/inventory//P001", "/v1/orders"])
 def test_unknown_route_is_404(client, path):
     assert_error(client.get(path), 404, "NOT_FOUND", "NOT_FOUND")
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_flask_static_files_route_is_not_served(client, method):
+    assert_error(client.open("/static/app.js", method=method), 404, "NOT_FOUND", "NOT_FOUND")
 
 
 @pytest.mark.parametrize(

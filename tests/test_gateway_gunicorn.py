@@ -291,3 +291,20 @@ def test_sigterm_stops_the_server_and_removes_the_metrics_dir_it_made(single_wor
     assert single_worker.stop() == 0
     assert "Handling signal: term" in single_worker.log()
     assert not os.path.exists(made)
+
+
+@pytest.mark.parametrize(
+    "path, headers, status",
+    [
+        ("/orders?customer_id=" + "C" * 5000, {}, 414),
+        ("/orders", {"X-Padding": "p" * 9000}, 431),
+    ],
+)
+def test_a_request_gunicorn_refuses_before_the_app_is_answered_in_json(single_worker, path, headers, status):
+    code, response_headers, body = single_worker.request("GET", path, headers=headers)
+    assert code == status
+    assert response_headers["Content-Type"] == "application/json"
+    document = json.loads(body)
+    assert (document["error"]["code"], document["error"]["status"]) == (status, "INVALID_ARGUMENT")
+    assert document["request_id"] == response_headers["X-Request-ID"]
+    assert "<html" not in body.decode()

@@ -10,12 +10,14 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from gateway.metrics import histogram_quantile
+from gateway.metrics import histogram_quantile, traffic_stats
 from gateway.transcoding import route_table
 from gateway.upstreams import SERVICES
 from plumbing.config import ConfigError
 from plumbing.logs import JsonFormatter
 from tests.test_gateway_support import (
+    assert_error,
+    detail_of,
     gateway_config,
     make_client,
     start_scripted_orders,
@@ -30,6 +32,16 @@ def test_health_is_ok_without_asking_any_backend(backends):
     response = make_client(backends).get("/health")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "path", ["/health", "/ready", "/metrics", "/mesh/traffic-stats", "/mesh/service-status", "/openapi.json"]
+)
+def test_operations_routes_refuse_unknown_query_parameters_like_every_route(client, path):
+    error = assert_error(client.get(path + "?verbose=1"), 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+    assert detail_of(error, "google.rpc.BadRequest")["field_violations"] == [
+        {"field": "verbose", "description": "unknown query parameter"}
+    ]
 
 
 def test_ready_is_200_when_every_backend_serves(client):
@@ -234,6 +246,13 @@ def test_traffic_stats_count_a_backend_outage_as_errors(backends):
     assert after["success_rate"] < 1
 
 
+def test_traffic_stats_of_an_upstream_not_called_yet_are_numbers():
+    stats = traffic_stats(0.0, {"idle": "shop.idle.v1.NeverCalledService"})
+    idle = stats["upstreams"]["idle"]
+    assert (idle["requests"], idle["errors"], idle["success_rate"]) == (0, 0, 1.0)
+    assert idle["latency_ms"] == {"avg": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
+
+
 def test_histogram_quantile_interpolates_within_the_bucket():
     buckets = [(0.01, 0.0), (0.1, 50.0), (1.0, 100.0), (float("inf"), 100.0)]
     assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)
@@ -263,6 +282,11 @@ def test_openapi_documents_every_route_and_the_operations_routes(client):
         )
     }
     assert documented == expected | operations
+
+
+def test_openapi_documents_the_503_of_ready(client):
+    ready = client.get("/openapi.json").get_json()["paths"]["/ready"]["get"]["responses"]
+    assert {"200", "503"} <= set(ready)
 
 
 def test_openapi_shows_created_location_admin_and_integer_money(client):

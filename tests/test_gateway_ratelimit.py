@@ -110,3 +110,34 @@ def test_unreachable_redis_falls_back_to_a_per_process_limit_and_logs_it(backend
     assert client.get("/inventory").status_code == 200
     assert client.get("/inventory").status_code == 429
     assert any("falling back to in-memory storage" in r.getMessage() for r in caplog.records)
+
+
+def test_memory_storage_counts_without_starting_a_thread_per_request(backends, monkeypatch):
+    import threading
+
+    # The stock MemoryStorage starts a threading.Timer whenever a request
+    # finds its last one finished (10 ms after it started).
+    timers = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(
+        threading.Thread,
+        "start",
+        lambda self: (timers.append(self) if isinstance(self, threading.Timer) else None, real_start(self)),
+    )
+    client = make_client(backends, rate_limit="50/minute")
+    timers.clear()
+    answered = [client.get("/inventory/P001") for _ in range(20)]
+    assert [r.headers["X-RateLimit-Remaining"] for r in answered] == [str(49 - n) for n in range(20)]
+    assert timers == []
+
+
+def test_memory_storage_sweeps_expired_counters():
+    from gateway.ratelimit import SweptMemoryStorage
+
+    storage = SweptMemoryStorage("gateway-memory://")
+    storage.incr("gone", expiry=-1)
+    storage.incr("kept", expiry=60)
+    storage._next_sweep = 0  # a sweep is due: the next count runs it
+    storage.incr("kept", expiry=60)
+    assert "gone" not in storage.storage
+    assert storage.get("kept") == 2

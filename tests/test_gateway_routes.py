@@ -133,6 +133,16 @@ def test_create_payment_method_answers_201_with_the_token_and_no_card_number(cli
     assert "4242424242424242" not in response.get_data(as_text=True)
 
 
+def test_a_created_payment_method_has_a_location_that_answers_it(client):
+    card = {"number": "4242424242424242", "exp_month": 12, "exp_year": NEXT_YEAR, "cvc": "123"}
+    response = client.post("/payment_methods", json={"card": card})
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/payment_methods/{response.get_json()['id']}"
+    again = client.get(response.headers["Location"])
+    assert again.status_code == 200
+    assert again.get_json() == response.get_json()
+
+
 def test_create_payment_method_with_a_bad_card_is_400(client):
     card = {"number": "4242424242424241", "exp_month": 12, "exp_year": NEXT_YEAR, "cvc": "123"}
     response = client.post("/payment_methods", json={"card": card})

@@ -38,6 +38,7 @@ def test_route_table_has_every_public_route_of_the_contract(routes):
         ("PUT", "/inventory/{product_id}"),
         ("POST", "/inventory/{product_id}/adjustments"),
         ("POST", "/payment_methods"),
+        ("GET", "/payment_methods/{payment_method_id}"),
         ("GET", "/payments"),
         ("GET", "/payments/{payment_id}"),
     }
@@ -166,6 +167,8 @@ def test_unknown_body_field_is_refused_by_name(routes):
     "body, field",
     [
         (b'{"quantity": "two"}', "quantity"),
+        (b'{"quantity": "2"}', "quantity"),
+        (b'{"items": [{"product_id": "P001", "quantity": "2"}]}', "items[0].quantity"),
         (b'{"quantity": 2.5}', "quantity"),
         (b'{"quantity": true}', "quantity"),
         (b'{"quantity": 99999999999}', "quantity"),
@@ -306,3 +309,13 @@ def test_every_field_is_printed_so_the_shape_is_stable():
     assert rendered["status"] == "PAYMENT_STATUS_UNSPECIFIED"
     assert rendered["decline_reason"] == ""
     assert rendered["created_at"] is None
+
+
+def test_integers_in_a_body_are_json_numbers_not_strings(routes):
+    error = _refusal(
+        routes[("PUT", "/inventory/{product_id}")], b'{"price_cents": "1999"}', path={"product_id": "P001"}
+    )
+    assert error.violations == [("price_cents", "must be a 64-bit integer (a JSON number, not a string)")]
+    # An integral number is still an integer, however it is written.
+    request = build_request(routes[("POST", "/orders")], {}, [], b'{"quantity": 2.0}')
+    assert request.quantity == 2

@@ -80,6 +80,16 @@ def test_same_key_with_a_different_body_is_refused(shop):
     assert [o.id for o in all_orders(orders)] == [first.id]
 
 
+def test_a_key_reused_with_a_different_body_names_the_order_it_belongs_to(shop):
+    orders = shop.orders()
+    first = orders.CreateOrder(request(items=[("P001", 1)]), timeout=10, metadata=with_key("key-named"))
+
+    _, error = outcome(orders, request(items=[("P003", 1)]), "key-named")
+
+    assert error.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert error.metadata == {"order_id": first.id}
+
+
 @harness.sqlite_only
 def test_flat_and_items_forms_of_one_request_are_the_same_request(shop):
     orders = shop.orders()

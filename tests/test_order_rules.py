@@ -91,6 +91,12 @@ def test_an_upstream_without_a_sure_answer_keeps_its_code_and_names_the_order(co
     assert "ord_1" in error.message
 
 
+def test_an_order_recovery_had_to_fail_answers_the_503_row_naming_the_order():
+    error = saga.interrupted("ord_1")
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
+    assert error.metadata["order_id"] == "ord_1"
+
+
 def test_an_upstream_refusal_keeps_its_reason_and_details_and_names_the_order():
     refusal = ShopError(grpc.StatusCode.FAILED_PRECONDITION, "P1: 5 requested, 2 available", "OUT_OF_STOCK", {"product_id": "P1"})
     error = saga.with_order_id(refusal, "ord_1")

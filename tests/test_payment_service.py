@@ -87,6 +87,20 @@ def test_two_tokenizations_of_one_card_get_different_ids(stub):
     assert tokenize(stub).id != tokenize(stub).id
 
 
+def test_a_payment_method_can_be_read_back_by_its_id(stub):
+    made = tokenize(stub)
+    assert stub.GetPaymentMethod(pb.GetPaymentMethodRequest(payment_method_id=made.id), timeout=10) == made
+    token = stub.GetPaymentMethod(pb.GetPaymentMethodRequest(payment_method_id="tok_mastercard"), timeout=10)
+    assert (token.card_brand, token.card_last4) == ("mastercard", "4444")
+
+
+@pytest.mark.parametrize("method_id, code", [("pm_0123456789abcdef01234567", "NOT_FOUND"), ("pm 1", "INVALID_ARGUMENT")])
+def test_an_unknown_or_malformed_payment_method_id_is_refused(stub, method_id, code):
+    request = pb.GetPaymentMethodRequest(payment_method_id=method_id)
+    error = from_rpc_error(error_of(stub.GetPaymentMethod, request))
+    assert (error.code.name, error.reason) == (code, code)
+
+
 def test_create_payment_method_without_a_card_is_invalid(stub):
     error = from_rpc_error(error_of(stub.CreatePaymentMethod, pb.CreatePaymentMethodRequest()))
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")

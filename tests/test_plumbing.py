@@ -84,6 +84,8 @@ class RecordsDeadline(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
+        if handler is None:
+            return None  # UNIMPLEMENTED, as without the interceptor (the channel's health watch, say)
         inner = handler.unary_unary
 
         def behaviour(request, context):
@@ -215,3 +217,23 @@ def test_sigterm_turns_health_not_serving_then_drains_and_exits(tmp_path):
         channel.close()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_make_run_hands_each_process_its_own_per_service_settings():
+    from scripts import run_local
+
+    environ = {
+        "INVENTORY_DATABASE_URL": "postgresql://db/inventory",
+        "ORDER_METRICS_PORT": "9913",
+        "INVENTORY_PORT": "6051",
+        "DATABASE_URL": "sqlite:///not-for-any-one-process.db",
+        "METRICS_PORT": "1",
+        "DATA_DIR": "/var/shop",
+    }
+    specs = {spec.name: spec for spec in run_local.plan(environ)}
+    assert specs["inventory-1"].env["DATABASE_URL"] == "postgresql://db/inventory"
+    assert "DATABASE_URL" not in specs["payment-1"].env  # its own default under DATA_DIR
+    assert specs["order-1"].env["METRICS_PORT"] == "9913"
+    assert specs["payment-1"].env["METRICS_PORT"] == "9102"
+    assert specs["gateway-1"].env["INVENTORY_ADDR"] == "localhost:6051"
+    assert {spec.env["DATA_DIR"] for spec in specs.values()} == {"/var/shop"}

@@ -79,6 +79,12 @@ class Payment(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     def __init__(self, id: _Optional[str] = ..., order_id: _Optional[str] = ..., amount_cents: _Optional[int] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., card_brand: _Optional[str] = ..., card_last4: _Optional[str] = ..., decline_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class GetPaymentMethodRequest(_message.Message):
+    __slots__ = ("payment_method_id",)
+    PAYMENT_METHOD_ID_FIELD_NUMBER: _ClassVar[int]
+    payment_method_id: str
+    def __init__(self, payment_method_id: _Optional[str] = ...) -> None: ...
+
 class GetPaymentRequest(_message.Message):
     __slots__ = ("payment_id",)
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -41,6 +41,11 @@ class PaymentServiceStub:
                 request_serializer=shop_dot_payment_dot_v1_dot_payment__pb2.CreatePaymentMethodRequest.SerializeToString,
                 response_deserializer=shop_dot_payment_dot_v1_dot_payment__pb2.PaymentMethod.FromString,
                 _registered_method=True)
+        self.GetPaymentMethod = channel.unary_unary(
+                '/shop.payment.v1.PaymentService/GetPaymentMethod',
+                request_serializer=shop_dot_payment_dot_v1_dot_payment__pb2.GetPaymentMethodRequest.SerializeToString,
+                response_deserializer=shop_dot_payment_dot_v1_dot_payment__pb2.PaymentMethod.FromString,
+                _registered_method=True)
         self.GetPayment = channel.unary_unary(
                 '/shop.payment.v1.PaymentService/GetPayment',
                 request_serializer=shop_dot_payment_dot_v1_dot_payment__pb2.GetPaymentRequest.SerializeToString,
@@ -75,6 +80,13 @@ class PaymentServiceServicer:
 
     def CreatePaymentMethod(self, request, context):
         """Tokenize a card; only brand, last4, expiry and a random id are kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPaymentMethod(self, request, context):
+        """The payment method a 201 of CreatePaymentMethod points to (brand, last4, expiry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +134,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
             'CreatePaymentMethod': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePaymentMethod,
                     request_deserializer=shop_dot_payment_dot_v1_dot_payment__pb2.CreatePaymentMethodRequest.FromString,
+                    response_serializer=shop_dot_payment_dot_v1_dot_payment__pb2.PaymentMethod.SerializeToString,
+            ),
+            'GetPaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPaymentMethod,
+                    request_deserializer=shop_dot_payment_dot_v1_dot_payment__pb2.GetPaymentMethodRequest.FromString,
                     response_serializer=shop_dot_payment_dot_v1_dot_payment__pb2.PaymentMethod.SerializeToString,
             ),
             'GetPayment': grpc.unary_unary_rpc_method_handler(
@@ -178,6 +195,33 @@ class PaymentService:
             target,
             '/shop.payment.v1.PaymentService/CreatePaymentMethod',
             shop_dot_payment_dot_v1_dot_payment__pb2.CreatePaymentMethodRequest.SerializeToString,
+            shop_dot_payment_dot_v1_dot_payment__pb2.PaymentMethod.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.payment.v1.PaymentService/GetPaymentMethod',
+            shop_dot_payment_dot_v1_dot_payment__pb2.GetPaymentMethodRequest.SerializeToString,
             shop_dot_payment_dot_v1_dot_payment__pb2.PaymentMethod.FromString,
             options,
             channel_credentials,
