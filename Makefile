@@ -33,3 +33,8 @@ lint: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
+
+## bench: end-to-end benchmark (hey or wrk; JSON lines); BENCH_ARGS="--postgres --duration 5 ..."
+.PHONY: bench
+bench: $(INSTALLED)
+	$(BIN)/python scripts/bench $(BENCH_ARGS)

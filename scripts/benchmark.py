@@ -1,0 +1,613 @@
+"""The benchmark behind `scripts/bench` and `make bench`: the whole shop as
+real processes (scripts/stack.py), a real HTTP load tool (hey, else wrk)
+driving each scenario for a fixed duration and concurrency, and the CPU time
+every process spent per request, read from /proc.
+
+Prints JSON lines on stdout: one describing the run, one per scenario (each
+figure the median of --runs runs), and a summary with the target ratios.
+Progress goes to stderr. The stack is stopped whatever happens (Ctrl-C,
+SIGTERM, an error).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+
+from scripts import run_local
+from scripts.stack import Stack, http, plan_stack
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE_MODULE = "scripts.bench_reference"
+ADMIN_TOKEN = "bench-" + uuid.uuid4().hex
+# Lifted: the limiter still runs on every request, as in production, but
+# never refuses one.
+LIFTED_RATE_LIMIT = "1000000000/minute"
+# Added to each product an order scenario buys before each of its runs.
+STOCK_TOP_UP = 10_000_000
+FIVE_PRODUCTS = ("P001", "P002", "P003", "P004", "P005")
+
+# Targets of the issue, checked in the summary line.
+TARGET_GATEWAY_VS_REFERENCE = 0.85
+TARGET_ORDER_CPU_VS_READ_CPU = 3.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    name: str
+    # "gateway", "reference" (HTTP) or "grpc" (GetProduct on inventory, no gateway)
+    target: str
+    method: str = "GET"
+    path: str = ""
+    body: dict | None = None
+    expected: str = "200"
+    # Products whose stock is topped up before each run.
+    buys: tuple[str, ...] = ()
+
+
+SCENARIOS = {
+    s.key: s
+    for s in (
+        Scenario(
+            "post-order",
+            "POST /orders (1 item)",
+            "gateway",
+            "POST",
+            "/orders",
+            {"customer_id": "C-bench", "items": [{"product_id": "P001", "quantity": 1}], "payment_method": "tok_visa"},
+            "201",
+            ("P001",),
+        ),
+        Scenario(
+            "post-order-5",
+            "POST /orders (5 items)",
+            "gateway",
+            "POST",
+            "/orders",
+            {
+                "customer_id": "C-bench",
+                "items": [{"product_id": p, "quantity": 1} for p in FIVE_PRODUCTS],
+                "payment_method": "tok_visa",
+            },
+            "201",
+            FIVE_PRODUCTS,
+        ),
+        Scenario("get-inventory", "GET /inventory/{id}", "gateway", path="/inventory/P001"),
+        Scenario("get-order", "GET /orders/{id}", "gateway", path="/orders/{order_id}"),
+        Scenario("grpc-get-product", "gRPC GetProduct (direct, no gateway)", "grpc", expected="OK"),
+        Scenario(
+            "reference-get-inventory",
+            "reference: bare Flask route, one GetProduct (GET /inventory/{id})",
+            "reference",
+            path="/inventory/P001",
+        ),
+    )
+}
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# --- the load tool -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadTool:
+    name: str  # "hey" or "wrk"
+    path: str
+    version: str
+
+
+def find_load_tool(preferred: str) -> LoadTool:
+    """hey or wrk from PATH; if neither is there, hey from apt-get."""
+    order = [preferred] if preferred != "auto" else ["hey", "wrk"]
+    for name in order:
+        path = shutil.which(name)
+        if path:
+            return LoadTool(name, path, _package_version(name))
+    wanted = order[0]
+    say(f"no {' or '.join(order)} on PATH: installing {wanted} with apt-get")
+    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
+    install = [*apt, "install", "-y", "-q", wanted]
+    if subprocess.run(install, stdout=subprocess.DEVNULL).returncode != 0:
+        subprocess.run([*apt, "update", "-q"], stdout=subprocess.DEVNULL)
+        subprocess.run(install, stdout=subprocess.DEVNULL)
+    path = shutil.which(wanted)
+    if not path:
+        raise SystemExit(f"bench: could not install {wanted}; install hey or wrk and run again")
+    return LoadTool(wanted, path, _package_version(wanted))
+
+
+def _package_version(name: str) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", name], capture_output=True, text=True, timeout=10
+        )
+        if out.returncode == 0 and out.stdout:
+            return out.stdout
+    return "unknown"
+
+
+def hey_command(tool: LoadTool, url: str, scenario: Scenario, duration_s: int, concurrency: int, cpus: int):
+    command = [tool.path, "-z", f"{duration_s}s", "-c", str(concurrency), "-cpus", str(cpus), "-m", scenario.method]
+    if scenario.body is not None:
+        command += ["-T", "application/json", "-d", json.dumps(scenario.body)]
+    return [*command, url]
+
+
+def parse_hey(text: str) -> dict:
+    """hey's summary: Requests/sec, the latency distribution, status codes,
+    and the errors it met (connection refused, timeouts...)."""
+    result: dict = {"statuses": {}, "errors": {}}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.endswith(":") and not line[0].isdigit() and not line.startswith("["):
+            section = line[:-1]
+            continue
+        if line.startswith("Requests/sec:"):
+            result["rps"] = float(line.split()[-1])
+        elif line.startswith("Total:") and section == "Summary":
+            result["elapsed_s"] = float(line.split()[1])
+        elif section == "Latency distribution" and "% in " in line:
+            percent, _, rest = line.partition("% in ")
+            result[f"p{int(percent)}_s"] = float(rest.split()[0])
+        elif section == "Status code distribution" and line.startswith("["):
+            status, _, rest = line[1:].partition("]")
+            result["statuses"][status] = int(rest.split()[0])
+        elif section == "Error distribution" and line.startswith("["):
+            count, _, message = line[1:].partition("]")
+            result["errors"][message.strip()[:80]] = int(count)
+    result["requests"] = sum(result["statuses"].values()) + sum(result["errors"].values())
+    if "rps" not in result:
+        raise RuntimeError(f"hey printed no summary:\n{text[-2000:]}")
+    return result
+
+
+_WRK_SCRIPT = """
+wrk.method = "%(method)s"
+%(body)s
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, headers, body)
+  local key = tostring(status)
+  statuses[key] = (statuses[key] or 0) + 1
+end
+function done(summary, latency, requests)
+  local counts = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses")) do counts[status] = (counts[status] or 0) + n end
+  end
+  local parts = {}
+  for status, n in pairs(counts) do table.insert(parts, string.format('"%%s": %%d', status, n)) end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests": %%d, "elapsed_s": %%f, "p50_s": %%f, "p95_s": %%f, "p99_s": %%f, '
+    .. '"statuses": {%%s}, "errors": {"connect": %%d, "read": %%d, "write": %%d, "timeout": %%d}}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e6, latency:percentile(95) / 1e6,
+    latency:percentile(99) / 1e6, table.concat(parts, ", "), e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+def wrk_command(tool: LoadTool, url: str, scenario: Scenario, duration_s: int, concurrency: int, workdir: str):
+    body = ""
+    if scenario.body is not None:
+        body = f'wrk.body = [[{json.dumps(scenario.body)}]]\nwrk.headers["Content-Type"] = "application/json"'
+    script = os.path.join(workdir, f"wrk-{scenario.key}.lua")
+    with open(script, "w") as file:
+        file.write(_WRK_SCRIPT % {"method": scenario.method, "body": body})
+    return [tool.path, "-t", "1", "-c", str(concurrency), "-d", f"{duration_s}s", "--timeout", "20s", "-s", script, url]
+
+
+def parse_wrk(text: str) -> dict:
+    for line in text.splitlines():
+        if line.startswith("BENCH_JSON "):
+            result = json.loads(line[len("BENCH_JSON ") :])
+            result["errors"] = {k: v for k, v in result["errors"].items() if v}
+            result["rps"] = result["requests"] / result["elapsed_s"]
+            return result
+    raise RuntimeError(f"wrk printed no result:\n{text[-2000:]}")
+
+
+# --- CPU time from /proc -----------------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            text = file.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after its last ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """root and every descendant (gunicorn's workers), found by parent pid."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields:
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, ()))
+    return tree
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of a process and its live descendants."""
+    total = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        if fields:
+            total += int(fields[11]) + int(fields[12])
+    return total / _CLOCK_TICKS
+
+
+# --- the stack ---------------------------------------------------------------
+
+
+class BenchStack(Stack):
+    """The shop plus the reference app, which answers /health like the gateway."""
+
+    @staticmethod
+    def _ready(spec) -> bool:
+        if spec.module == REFERENCE_MODULE:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{spec.port}/health", timeout=1) as response:
+                    return response.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+        return Stack._ready(spec)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def plan_bench_stack(environ: dict[str, str], with_reference: bool) -> list:
+    specs = plan_stack(1, environ)
+    if with_reference:
+        gateway = next(s for s in specs if s.module == "gateway")
+        port = _free_port()
+        env = dict(gateway.env, GATEWAY_PORT=str(port))
+        specs.append(run_local.ProcessSpec("reference-1", REFERENCE_MODULE, env, port, None))
+    return specs
+
+
+def short_name(spec) -> str:
+    return spec.name.rsplit("-", 1)[0]
+
+
+@contextlib.contextmanager
+def postgres_databases(admin_url: str):
+    """Fresh databases for one bench run, dropped afterwards."""
+    import psycopg
+
+    suffix = uuid.uuid4().hex[:8]
+    names = {service: f"shop_bench_{service}_{suffix}" for service in run_local.SERVICES}
+    run_local.create_postgres_databases(admin_url, list(names.values()))
+    base = admin_url.rsplit("/", 1)[0]
+    try:
+        yield {f"{service.upper()}_DATABASE_URL": f"{base}/{name}" for service, name in names.items()}
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            for name in names.values():
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- running scenarios -------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    tool: LoadTool
+    stack: Stack
+    workdir: str
+    loadgen_cpus: set[int] | None
+    order_id: str = ""
+    current: subprocess.Popen | None = None
+    results: dict = field(default_factory=dict)
+
+    def url(self, scenario: Scenario) -> str:
+        spec = next(s for s, _ in self.stack.procs if s.module == (
+            "gateway" if scenario.target == "gateway" else REFERENCE_MODULE
+        ))
+        return f"http://127.0.0.1:{spec.port}" + scenario.path.replace("{order_id}", self.order_id)
+
+    @property
+    def gateway(self) -> str:
+        return self.stack.gateway_urls()[0]
+
+    def prepare(self) -> None:
+        """An order to read back in GET /orders/{id}."""
+        self.top_up(("P001",))
+        status, _, body = http("POST", self.gateway + "/orders", SCENARIOS["post-order"].body)
+        if status != 201:
+            raise RuntimeError(f"could not place the order GET /orders/{{id}} reads: {status} {body}")
+        self.order_id = body["id"]
+
+    def top_up(self, products) -> None:
+        for product in products:
+            status, _, body = http(
+                "POST",
+                f"{self.gateway}/inventory/{product}/adjustments",
+                {"delta": STOCK_TOP_UP, "reason": "benchmark top-up"},
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+            if status != 200:
+                raise RuntimeError(f"stock top-up of {product} failed: {status} {body}")
+
+    def command(self, scenario: Scenario, duration_s: int) -> tuple[list[str], callable]:
+        concurrency = self.args.concurrency
+        if scenario.target == "grpc":
+            inventory = next(s for s, _ in self.stack.procs if s.module == "inventory_svc")
+            command = [
+                sys.executable, "-m", "scripts.grpc_load", f"127.0.0.1:{inventory.port}", "P001",
+                str(duration_s), str(concurrency),
+            ]
+            return command, json.loads
+        if self.tool.name == "hey":
+            cpus = len(self.loadgen_cpus) if self.loadgen_cpus else os.cpu_count()
+            return hey_command(self.tool, self.url(scenario), scenario, duration_s, concurrency, cpus), parse_hey
+        return wrk_command(self.tool, self.url(scenario), scenario, duration_s, concurrency, self.workdir), parse_wrk
+
+    def run_once(self, scenario: Scenario, duration_s: int) -> dict:
+        if scenario.buys:
+            self.top_up(scenario.buys)
+        command, parse = self.command(scenario, duration_s)
+        if self.loadgen_cpus:
+            command = ["taskset", "-c", ",".join(map(str, sorted(self.loadgen_cpus))), *command]
+        before = {short_name(spec): cpu_seconds(proc.pid) for spec, proc in self.stack.procs}
+        loadgen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.current = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output, _ = self.current.communicate(timeout=duration_s + 120)
+        returncode, self.current = self.current.returncode, None
+        after = {short_name(spec): cpu_seconds(proc.pid) for spec, proc in self.stack.procs}
+        loadgen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if returncode != 0:
+            raise RuntimeError(f"{command[0]} exited with {returncode}:\n{output[-2000:]}")
+        result = parse(output)
+        served = max(1, result["requests"])
+        result["cpu_ms_per_request"] = {name: (after[name] - before[name]) * 1000 / served for name in before}
+        result["cpu_ms_per_request"]["total"] = sum(result["cpu_ms_per_request"].values())
+        loadgen_s = (loadgen_after.ru_utime + loadgen_after.ru_stime) - (loadgen_before.ru_utime + loadgen_before.ru_stime)
+        result["loadgen_cpu_ms_per_request"] = loadgen_s * 1000 / served
+        return result
+
+    def stop_load(self) -> None:
+        if self.current is not None and self.current.poll() is None:
+            self.current.kill()
+            self.current.wait()
+
+
+def summarise(scenario: Scenario, runs: list[dict]) -> dict:
+    """Each figure the median of the runs."""
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    def ms(value):
+        return None if value is None else round(value * 1000, 2)
+
+    statuses = sorted({status for run in runs for status in run["statuses"]})
+    errors = sorted({message for run in runs for message in run["errors"]})
+    processes = list(runs[0]["cpu_ms_per_request"])
+    unexpected = [
+        sum(n for status, n in run["statuses"].items() if status != scenario.expected) + sum(run["errors"].values())
+        for run in runs
+    ]
+    return {
+        "scenario": scenario.name,
+        "key": scenario.key,
+        "rps": round(median(r["rps"] for r in runs), 1),
+        "p50_ms": ms(median(r.get("p50_s") for r in runs)),
+        "p95_ms": ms(median(r.get("p95_s") for r in runs)),
+        "p99_ms": ms(median(r.get("p99_s") for r in runs)),
+        "requests": int(median(r["requests"] for r in runs)),
+        "statuses": {s: int(median(r["statuses"].get(s, 0) for r in runs)) for s in statuses},
+        "errors": int(median(unexpected)),
+        "transport_errors": {m: int(median(r["errors"].get(m, 0) for r in runs)) for m in errors},
+        "cpu_ms_per_request": {p: round(median(r["cpu_ms_per_request"][p] for r in runs), 3) for p in processes},
+        "loadgen_cpu_ms_per_request": round(median(r["loadgen_cpu_ms_per_request"] for r in runs), 3),
+        "rps_runs": [round(r["rps"], 1) for r in runs],
+    }
+
+
+def summary_line(lines: dict[str, dict]) -> dict:
+    summary: dict = {"summary": True}
+
+    def ratio(a, b):
+        return round(a / b, 3) if a is not None and b else None
+
+    gateway, reference = lines.get("get-inventory"), lines.get("reference-get-inventory")
+    if gateway and reference:
+        value = ratio(gateway["rps"], reference["rps"])
+        summary["gateway_get_inventory_rps_vs_reference"] = value
+        summary["target_min"] = TARGET_GATEWAY_VS_REFERENCE
+        summary["gateway_vs_reference_met"] = value is not None and value >= TARGET_GATEWAY_VS_REFERENCE
+    order, read = lines.get("post-order"), lines.get("get-inventory")
+    if order and read:
+        value = ratio(order["cpu_ms_per_request"]["total"], read["cpu_ms_per_request"]["total"])
+        summary["cpu_post_order_vs_get_inventory"] = value
+        summary["target_max"] = TARGET_ORDER_CPU_VS_READ_CPU
+        summary["cpu_ratio_met"] = value is not None and value <= TARGET_ORDER_CPU_VS_READ_CPU
+    five = lines.get("post-order-5")
+    if five and read:
+        summary["cpu_post_order_5_vs_get_inventory"] = ratio(
+            five["cpu_ms_per_request"]["total"], read["cpu_ms_per_request"]["total"]
+        )
+    return summary
+
+
+def _git_commit() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return "unknown"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmark the shop end to end: one JSON line per scenario, then a summary line.",
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per run (default 10)")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent connections (default 16)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario; figures are medians (default 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per scenario first")
+    parser.add_argument("--postgres", action="store_true", help="the services on PostgreSQL (POSTGRES_URL)")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated, from: " + ", ".join(SCENARIOS),
+    )
+    parser.add_argument("--tool", choices=("auto", "hey", "wrk"), default="auto", help="load tool (default: hey, else wrk)")
+    parser.add_argument(
+        "--pin",
+        choices=("split", "loadgen", "none"),
+        default="split",
+        help="split (default): the load tool on the last CPU, the services on the others; loadgen: the "
+        "load tool on the last CPU, the services on every CPU; none: no pinning (taskset)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of every process (default INFO, as deployed)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and data directory")
+    args = parser.parse_args(argv)
+    unknown = [key for key in args.scenarios.split(",") if key not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
+    if args.duration < 1 or args.concurrency < 1 or args.runs < 1:
+        parser.error("--duration, --concurrency and --runs must be at least 1")
+    return args
+
+
+def _on_sigterm(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    scenarios = [SCENARIOS[key] for key in args.scenarios.split(",")]
+    needs_http = any(s.target != "grpc" for s in scenarios)
+    tool = find_load_tool(args.tool) if needs_http else LoadTool("grpc_load", "scripts/grpc_load.py", "")
+    say(f"load tool: {tool.name} {tool.version} ({tool.path}); gRPC scenario: scripts/grpc_load.py (grpc.aio)")
+
+    cpus = sorted(os.sched_getaffinity(0))
+    service_cpus, loadgen_cpus = set(cpus), None
+    if args.pin != "none" and len(cpus) >= 2:
+        loadgen_cpus = {cpus[-1]}
+        if args.pin == "split":
+            service_cpus = set(cpus[:-1])
+
+    workdir = tempfile.mkdtemp(prefix="shop-bench-")
+    failed = True
+    stack = None
+    bench = None
+    with contextlib.ExitStack() as cleanup:
+        try:
+            environ = {
+                "DATA_DIR": os.path.join(workdir, "data"),
+                "RATE_LIMIT": LIFTED_RATE_LIMIT,
+                "RATE_LIMIT_STORAGE": "memory://",
+                "ADMIN_TOKEN": ADMIN_TOKEN,
+                "LOG_LEVEL": args.log_level.upper(),
+            }
+            if args.postgres:
+                admin_url = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+                environ.update(cleanup.enter_context(postgres_databases(admin_url)))
+            specs = plan_bench_stack(environ, with_reference=any(s.target == "reference" for s in scenarios))
+            for spec in specs:
+                spec.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            # The services inherit this affinity; the load tool gets its own CPU.
+            os.sched_setaffinity(0, service_cpus)
+            stack = BenchStack(specs, log_dir=workdir)
+            say(f"starting the stack (logs in {workdir})")
+            stack.start()
+            if loadgen_cpus:
+                os.sched_setaffinity(0, loadgen_cpus)
+            bench = Bench(args, tool, stack, workdir, loadgen_cpus)
+            bench.prepare()
+            gateway_env = next(s.env for s in specs if s.module == "gateway")
+            print(
+                json.dumps(
+                    {
+                        "bench": {
+                            "commit": _git_commit(),
+                            "database": "postgresql" if args.postgres else "sqlite",
+                            "load_tool": f"{tool.name} {tool.version}",
+                            "duration_s": args.duration,
+                            "concurrency": args.concurrency,
+                            "runs": args.runs,
+                            "services_cpus": ",".join(map(str, sorted(service_cpus))),
+                            "loadgen_cpus": ",".join(map(str, sorted(loadgen_cpus))) if loadgen_cpus else "any",
+                            "gateway_workers": gateway_env.get("GATEWAY_WORKERS", "default"),
+                            "gateway_threads": gateway_env.get("GATEWAY_THREADS", "default"),
+                            "log_level": args.log_level.upper(),
+                            # Anything else busy on the machine skews every figure: look here first.
+                            "loadavg_at_start": round(os.getloadavg()[0], 2),
+                        }
+                    }
+                ),
+                flush=True,
+            )
+            if args.warmup:
+                for scenario in scenarios:
+                    say(f"warm-up: {scenario.name}")
+                    bench.run_once(scenario, args.warmup)
+            # Runs interleave the scenarios, so a drift of the machine hits all alike.
+            runs: dict[str, list[dict]] = {s.key: [] for s in scenarios}
+            for number in range(1, args.runs + 1):
+                for scenario in scenarios:
+                    result = bench.run_once(scenario, args.duration)
+                    say(f"run {number}/{args.runs} {scenario.name}: {result['rps']:.1f} req/s")
+                    runs[scenario.key].append(result)
+            lines = {}
+            for scenario in scenarios:
+                lines[scenario.key] = summarise(scenario, runs[scenario.key])
+                print(json.dumps(lines[scenario.key]), flush=True)
+            print(json.dumps(summary_line(lines)), flush=True)
+            failed = False
+        except KeyboardInterrupt:
+            say("interrupted: stopping the stack")
+        finally:
+            if bench is not None:
+                bench.stop_load()
+            if stack is not None:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                stack.stop()
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            if failed or args.keep_logs:
+                say(f"logs and data kept in {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0

@@ -1,0 +1,71 @@
+"""A closed-loop gRPC load driver for the benchmark (no HTTP tool speaks
+gRPC here): `concurrency` callers on grpc.aio, each sending GetProduct to the
+inventory service back to back for `duration` seconds. Prints one JSON object
+in the shape scripts/benchmark.py reads from hey and wrk.
+
+    python -m scripts.grpc_load ADDRESS PRODUCT_ID DURATION_S CONCURRENCY
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+import grpc
+
+from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+
+CALL_TIMEOUT_S = 10.0
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+async def drive(address: str, product_id: str, duration_s: float, concurrency: int) -> dict:
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    request = inventory_pb2.GetProductRequest(product_id=product_id)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        await channel.channel_ready()
+        started = time.perf_counter()
+        stop_at = started + duration_s
+
+        async def caller() -> None:
+            while time.perf_counter() < stop_at:
+                sent = time.perf_counter()
+                try:
+                    await stub.GetProduct(request, timeout=CALL_TIMEOUT_S)
+                    code = "OK"
+                except grpc.aio.AioRpcError as error:
+                    code = error.code().name
+                latencies.append(time.perf_counter() - sent)
+                codes[code] = codes.get(code, 0) + 1
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "elapsed_s": elapsed,
+        "rps": len(latencies) / elapsed,
+        "p50_s": percentile(latencies, 0.50),
+        "p95_s": percentile(latencies, 0.95),
+        "p99_s": percentile(latencies, 0.99),
+        "statuses": codes,
+        "errors": {},
+    }
+
+
+def main(argv: list[str]) -> int:
+    address, product_id, duration_s, concurrency = argv[1], argv[2], float(argv[3]), int(argv[4])
+    print(json.dumps(asyncio.run(drive(address, product_id, duration_s, concurrency))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
