@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from flask import Flask
-from flask_limiter import Limiter
+from flask_limiter import ApplicationLimit, Limiter
 from flask_limiter.util import get_remote_address
 from limits.storage import MemoryStorage
 
@@ -65,6 +65,19 @@ class SweptMemoryStorage(MemoryStorage):
         return super().incr(key, expiry, amount)
 
 
+class ParsedOnceLimit(ApplicationLimit):
+    """RATE_LIMIT as Flask-Limiter's application limit, parsed once. The
+    stock one parses the limit string and builds new limit objects on every
+    request; ours is a fixed string, so the first answer serves them all."""
+
+    def __iter__(self):
+        parsed = self.__dict__.get("_parsed")
+        if parsed is None:
+            # Flask-Limiter has finalized the limit (cost, exempt_when...) by the first request.
+            parsed = self.__dict__["_parsed"] = tuple(super().__iter__())
+        return iter(parsed)
+
+
 def storage_uri(config: GatewayConfig) -> str:
     if config.memory_storage:
         return "gateway-memory://" + config.rate_limit_storage.removeprefix("memory://")
@@ -80,7 +93,7 @@ def install_rate_limit(app: Flask, config: GatewayConfig, exempt: Callable[[], b
     limiter = Limiter(
         key_func=get_remote_address,
         # Application limits: one shared budget for all routes, not one per route.
-        application_limits=[config.rate_limit],
+        application_limits=[ParsedOnceLimit(limit_provider=config.rate_limit, finalized=False)],
         application_limits_exempt_when=exempt,
         storage_uri=storage_uri(config),
         storage_options=storage_options,

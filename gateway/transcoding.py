@@ -9,6 +9,7 @@ value may be a card number).
 
 import base64
 import binascii
+import functools
 import json
 import math
 import re
@@ -63,19 +64,21 @@ class Binding:
     response_body: str
     options: http_options_pb2.HttpOptions
 
-    @property
+    # Worked out once per route, not on every request.
+
+    @functools.cached_property
     def full_method(self) -> str:
         return f"/{self.method.containing_service.full_name}/{self.method.name}"
 
-    @property
+    @functools.cached_property
     def request_class(self) -> type[Message]:
         return message_factory.GetMessageClass(self.method.input_type)
 
-    @property
+    @functools.cached_property
     def response_class(self) -> type[Message]:
         return message_factory.GetMessageClass(self.method.output_type)
 
-    @property
+    @functools.cached_property
     def refused_fields(self) -> dict[str, str]:
         return {refused.name: refused.message for refused in self.options.refused_fields}
 
@@ -267,6 +270,11 @@ _WELL_KNOWN_FORMS = {
 }
 
 
+# The descriptor questions below are asked for every field of every request
+# and answer; each is answered once per descriptor (cached, never mutated).
+
+
+@functools.cache
 def _json_fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
     # proto3 JSON accepts both the field name and its lowerCamel json_name.
     fields = {field.json_name: field for field in descriptor.fields}
@@ -317,10 +325,12 @@ def _check_object(value: object, descriptor: Descriptor, path: str, violations: 
             _check_value(item, field, field_path, violations)
 
 
+@functools.cache
 def _is_map(field: FieldDescriptor) -> bool:
     return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
 
 
+@functools.cache
 def _is_value_type(field: FieldDescriptor) -> bool:
     return (
         field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name == "google.protobuf.Value"
@@ -567,6 +577,7 @@ def _render_object(document: dict, descriptor: Descriptor) -> dict:
     return rendered
 
 
+@functools.cache
 def _prints_as_null(field: FieldDescriptor) -> bool:
     if field.is_repeated or not field.has_presence:
         return False

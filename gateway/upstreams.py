@@ -132,10 +132,12 @@ class Upstreams:
         metadata: list[tuple[str, str]],
     ) -> Message:
         """One unary call with the gateway's deadline; raises grpc.RpcError."""
-        channel = self.channel(backend_name)
         key = (backend_name, full_method)
-        callable_ = self._callables.get(key)
+        # Once a method has its callable, calls take no lock (every request
+        # thread would queue on it); a fork's child finds none of its own.
+        callable_ = self._callables.get(key) if self._pid == os.getpid() else None
         if callable_ is None:
+            channel = self.channel(backend_name)
             callable_ = channel.unary_unary(
                 full_method,
                 request_serializer=lambda message: message.SerializeToString(),

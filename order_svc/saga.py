@@ -598,7 +598,7 @@ class OrderSaga:
         """Compare-and-set from the order's status and step, as long as
         `owner` holds its lease; lease_until None ends the lease."""
         return self.store.advance(
-            order.id, (order.status, order.step), owner, lease_until, known_items=order.items, **changes
+            order.id, (order.status, order.step), owner, lease_until, known=order, **changes
         )
 
     # Retries with an idempotency key

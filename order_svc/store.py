@@ -93,6 +93,11 @@ _ADVANCE = {
     False: _CAS.returning(*orders.c),
     True: _CAS.where(orders.c.lease_owner == sa.bindparam("w_owner")).returning(*orders.c),
 }
+# The same CAS for a caller that holds the order already: only whether it moved.
+_MOVE = {
+    False: _CAS.returning(orders.c.seq),
+    True: _CAS.where(orders.c.lease_owner == sa.bindparam("w_owner")).returning(orders.c.seq),
+}
 _SELECT_BY_IDEMPOTENCY_KEY = sa.select(orders.c.id, orders.c.request_fingerprint).where(
     orders.c.customer_id == sa.bindparam("w_customer_id"), orders.c.idempotency_key == sa.bindparam("w_key")
 )
@@ -227,7 +232,7 @@ class OrderStore:
         lease_until: dt.datetime | None,
         failure: Failure | None = None,
         items: tuple[OrderItem, ...] | None = None,
-        known_items: tuple[OrderItem, ...] | None = None,
+        known: Order | None = None,
         **changes,
     ) -> Order | None:
         """Compare-and-set: apply `changes` if the order is at `expected`
@@ -235,15 +240,17 @@ class OrderStore:
         lease_until renews the lease; None ends it. None if the order had
         moved on.
 
-        `items` replaces the order's items. `known_items` are its items as
-        the caller read them at `expected`, returned without reading them
-        again: items change only together with a step, and no order comes
-        back to a step it has left, so the CAS proves them current."""
+        `items` replaces the order's items. `known` is the order as the
+        caller holds it at `expected` (the saga, which wrote it): the moved
+        order is then made from it and the changes, not read back. Every
+        column changes only with a move, and no order comes back to a step
+        it has left, so the CAS succeeding proves `known` current."""
         unknown = set(changes) - _ORDER_COLUMNS
         if unknown:
             raise ValueError(f"not order columns: {sorted(unknown)}")
         status, step = expected
-        values = dict(changes, updated_at=utc_now(), w_id=order_id, w_status=status, w_step=step)
+        now = utc_now()
+        values = dict(changes, updated_at=now, w_id=order_id, w_status=status, w_step=step)
         if owner is not None:
             values.update(w_owner=owner)
         if failure is not None:
@@ -253,17 +260,24 @@ class OrderStore:
         else:
             values.update(lease_expires_at=lease_until)
         with db.write(self.engine) as conn:
-            # RETURNING the whole row: the moved order without reading it again.
-            row = conn.execute(_ADVANCE[owner is not None], values).first()
+            # RETURNING the whole row (or, with `known`, nothing to read):
+            # the moved order without reading it again.
+            statements = _ADVANCE if known is None else _MOVE
+            row = conn.execute(statements[owner is not None], values).first()
             if row is None:
                 return None
             if items is not None:
                 conn.execute(_DELETE_ITEMS, {"w_id": order_id})
                 conn.execute(_INSERT_ITEMS, self._item_rows(order_id, items))
-                return _order(row, items)
-            if known_items is not None:
-                return _order(row, known_items)
-            return self._with_items(conn, [row])[0]
+            if known is None:
+                return _order(row, items) if items is not None else self._with_items(conn, [row])[0]
+        return dataclasses.replace(
+            known,
+            **changes,
+            items=items if items is not None else known.items,
+            failure=failure if failure is not None else known.failure,
+            updated_at=now,
+        )
 
     def begin_cancel(self, order_id: str, owner: str, lease_until: dt.datetime) -> Order | None:
         """CONFIRMED -> CONFIRMED at step CANCELLING (also when a previous

@@ -516,7 +516,10 @@ def _on_sigterm(_signum, _frame):
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # Ctrl-C and SIGTERM both stop the stack (also when started in the
+    # background, where a shell leaves SIGINT ignored).
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     scenarios = [SCENARIOS[key] for key in args.scenarios.split(",")]
     needs_http = any(s.target != "grpc" for s in scenarios)
     tool = find_load_tool(args.tool) if needs_http else LoadTool("grpc_load", "scripts/grpc_load.py", "")
