@@ -133,11 +133,12 @@ class ObservedUnaryUnary(grpc.UnaryUnaryMultiCallable):
         # Not an RPC's outcome (a request that would not serialize): grpc's own name for it.
         self._record(code or grpc.StatusCode.INTERNAL, started)
 
-    def __call__(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+    def _blocking(self, invoke, request, timeout, metadata, credentials, wait_for_ready, compression):
+        """A blocking call (`invoke` is the inner __call__ or with_call), observed."""
         timeout, metadata = self._prepare(timeout, metadata)
         started = time.perf_counter()
         try:
-            response = self._inner(
+            result = invoke(
                 request,
                 timeout=timeout,
                 metadata=metadata,
@@ -149,27 +150,17 @@ class ObservedUnaryUnary(grpc.UnaryUnaryMultiCallable):
             self._failed(error, started)
             raise
         self._record(grpc.StatusCode.OK, started)
-        return response
+        return result
+
+    def __call__(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        return self._blocking(self._inner, request, timeout, metadata, credentials, wait_for_ready, compression)
 
     def with_call(
         self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None
     ):
-        timeout, metadata = self._prepare(timeout, metadata)
-        started = time.perf_counter()
-        try:
-            response, call = self._inner.with_call(
-                request,
-                timeout=timeout,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-        except Exception as error:
-            self._failed(error, started)
-            raise
-        self._record(grpc.StatusCode.OK, started)
-        return response, call
+        return self._blocking(
+            self._inner.with_call, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
 
     def future(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
         timeout, metadata = self._prepare(timeout, metadata)
