@@ -3,7 +3,7 @@
 from inventory_svc import stock
 from inventory_svc.store import InventoryStore
 from plumbing.errors import not_found
-from plumbing.validation import Violations, check_items, requested_items
+from plumbing.validation import Violations, check_items, requested_items, valid_id
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
 
@@ -36,13 +36,6 @@ def reservation_to_pb(reservation: stock.Reservation) -> pb.Reservation:
     )
 
 
-def _product_id(request) -> str:
-    violations = Violations()
-    violations.check_id("product_id", request.product_id)
-    violations.raise_if_any()
-    return request.product_id
-
-
 class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     def __init__(self, store: InventoryStore):
         self.store = store
@@ -51,7 +44,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return pb.ListProductsResponse(products=[product_to_pb(p) for p in self.store.list_products()])
 
     def GetProduct(self, request, context):
-        return product_to_pb(self.store.get_product(_product_id(request)))
+        return product_to_pb(self.store.get_product(valid_id(request, "product_id")))
 
     def CheckAvailability(self, request, context):
         violations = Violations()
@@ -104,7 +97,4 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return reservation_to_pb(reservation)
 
     def Release(self, request, context):
-        violations = Violations()
-        violations.check_id("order_id", request.order_id)
-        violations.raise_if_any()
-        return reservation_to_pb(self.store.release(request.order_id))
+        return reservation_to_pb(self.store.release(valid_id(request, "order_id")))

@@ -4,7 +4,7 @@
 from order_svc import saga
 from order_svc.saga import OrderRequest, OrderSaga
 from plumbing.timestamps import to_timestamp
-from plumbing.validation import Violations, requested_items
+from plumbing.validation import Violations, requested_items, valid_id
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_pb2_grpc
 
@@ -27,13 +27,6 @@ def order_to_pb(order: saga.Order) -> pb.Order:
         created_at=to_timestamp(order.created_at),
         updated_at=to_timestamp(order.updated_at),
     )
-
-
-def _order_id(request) -> str:
-    violations = Violations()
-    violations.check_id("order_id", request.order_id)
-    violations.raise_if_any()
-    return request.order_id
 
 
 def _metadata_value(context, key: str) -> str | None:
@@ -59,7 +52,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return order_to_pb(order)
 
     def GetOrder(self, request, context):
-        return order_to_pb(self.saga.get_order(_order_id(request)))
+        return order_to_pb(self.saga.get_order(valid_id(request, "order_id")))
 
     def ListOrders(self, request, context):
         violations = Violations()
@@ -69,7 +62,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         return pb.ListOrdersResponse(orders=[order_to_pb(o) for o in page.orders], next_page_token=page.next_page_token)
 
     def CancelOrder(self, request, context):
-        return order_to_pb(self.saga.cancel_order(_order_id(request)))
+        return order_to_pb(self.saga.cancel_order(valid_id(request, "order_id")))
 
     def close(self) -> None:
         self.saga.close()

@@ -11,7 +11,7 @@ from payment_svc import charges
 from payment_svc.store import PaymentStore
 from plumbing.errors import invalid_argument, not_found
 from plumbing.timestamps import to_timestamp, utc_now
-from plumbing.validation import ID_PATTERN, Violations
+from plumbing.validation import ID_PATTERN, Violations, valid_id
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 
@@ -43,13 +43,6 @@ def payment_to_pb(payment: charges.Payment) -> pb.Payment:
     )
 
 
-def _order_id(request) -> str:
-    violations = Violations()
-    violations.check_id("order_id", request.order_id)
-    violations.raise_if_any()
-    return request.order_id
-
-
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     def __init__(self, store: PaymentStore, clock: Callable[[], dt.datetime] = utc_now):
         self.store = store
@@ -65,22 +58,16 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         return payment_method_to_pb(method)
 
     def GetPaymentMethod(self, request, context):
-        violations = Violations()
-        violations.check_id("payment_method_id", request.payment_method_id)
-        violations.raise_if_any()
-        method = self._payment_method(request.payment_method_id)
+        method = self._payment_method(valid_id(request, "payment_method_id"))
         if method is None:
             raise not_found("payment method", request.payment_method_id)
         return payment_method_to_pb(method)
 
     def GetPayment(self, request, context):
-        violations = Violations()
-        violations.check_id("payment_id", request.payment_id)
-        violations.raise_if_any()
-        return payment_to_pb(self.store.get_payment(request.payment_id))
+        return payment_to_pb(self.store.get_payment(valid_id(request, "payment_id")))
 
     def ListPayments(self, request, context):
-        payments = self.store.list_payments(_order_id(request))
+        payments = self.store.list_payments(valid_id(request, "order_id"))
         return pb.ListPaymentsResponse(payments=[payment_to_pb(p) for p in payments])
 
     def Charge(self, request, context):
@@ -106,11 +93,11 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         return payment_to_pb(payment)
 
     def Void(self, request, context):
-        payments = self.store.void(_order_id(request))
+        payments = self.store.void(valid_id(request, "order_id"))
         return pb.VoidResponse(payments=[payment_to_pb(p) for p in payments])
 
     def Refund(self, request, context):
-        return payment_to_pb(self.store.refund(_order_id(request)))
+        return payment_to_pb(self.store.refund(valid_id(request, "order_id")))
 
     def _payment_method(self, reference: str) -> charges.PaymentMethod | None:
         if reference in charges.TEST_TOKENS:

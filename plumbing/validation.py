@@ -34,6 +34,16 @@ class Violations:
             raise invalid_argument(self.items)
 
 
+def valid_id(request, field_name: str) -> str:
+    """A request's one id field (order_id, product_id, ...), checked: the
+    whole validation of requests that name a single resource."""
+    value = getattr(request, field_name)
+    violations = Violations()
+    violations.check_id(field_name, value)
+    violations.raise_if_any()
+    return value
+
+
 def requested_items(request, violations: Violations) -> list[tuple[str, int]]:
     """The (product_id, quantity) lines of a request with `items` or the flat
     form of the original design (`product_id` + `quantity` = one item)."""
