@@ -72,27 +72,59 @@ def _open_sqlite(url: str, pool_size: int) -> Engine:
         # more than the BEGIN itself, on every transaction.
         connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-    _SQLITE_WRITERS[engine] = threading.RLock()
+    _SQLITE_WRITERS[engine] = _SqliteWriter(engine)
+
+    @sa.event.listens_for(engine, "engine_disposed")
+    def on_dispose(_engine):
+        _SQLITE_WRITERS[engine].close()
+
     return engine
 
 
-# SQLite has one writer at a time. Threads of one process queue for it here,
-# each handed the turn the moment the last one commits; left to SQLite's busy
-# handler they would sleep and poll (1, 2, 5 ... 100 ms), leaving the write
-# lock idle between turns. Other processes on the same file still wait in the
-# busy timeout. (Reentrant, so a nested write fails as it always has, on the
-# busy timeout, instead of hanging.)
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+class _SqliteWriter:
+    """SQLite has one writer at a time, so a process keeps one connection
+    for its writes and its threads queue for it here, each handed the turn
+    the moment the last one commits. Left to SQLite's busy handler they would
+    sleep and poll (1, 2, 5 ... 100 ms), leaving the write lock idle between
+    turns; and a pool checkout and return (with its reset rollback) per write
+    cost more than the write's own statements. Other processes on the same
+    file still wait in the busy timeout."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        # Reentrant, so a nested write fails at once (the connection is in a
+        # transaction already) instead of hanging.
+        self.lock = threading.RLock()
+        self.connection: Connection | None = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.lock:
+            if self.connection is None or self.connection.invalidated:
+                self.close()
+                self.connection = self.engine.connect().execution_options(sqlite_immediate=True)
+            with self.connection.begin():
+                yield self.connection
+
+    def close(self) -> None:
+        with self.lock:
+            if self.connection is not None:
+                self.connection.close()
+                self.connection = None
+
+
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, _SqliteWriter] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
     """A write transaction: committed on success, rolled back on error."""
-    with (
-        _SQLITE_WRITERS.get(engine) or contextlib.nullcontext(),
-        engine.connect().execution_options(sqlite_immediate=True) as conn,
-        conn.begin(),
-    ):
+    writer = _SQLITE_WRITERS.get(engine)
+    if writer is not None:
+        with writer.transaction() as conn:
+            yield conn
+        return
+    with engine.connect() as conn, conn.begin():
         yield conn
 
 

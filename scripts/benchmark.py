@@ -335,6 +335,7 @@ class Bench:
     order_id: str = ""
     current: subprocess.Popen | None = None
     results: dict = field(default_factory=dict)
+    profiled: set = field(default_factory=set)
 
     def url(self, scenario: Scenario) -> str:
         spec = next(s for s, _ in self.stack.procs if s.module == (
@@ -385,6 +386,7 @@ class Bench:
         command, parse = self.command(scenario, duration_s)
         if self.loadgen_cpus:
             command = ["taskset", "-c", ",".join(map(str, sorted(self.loadgen_cpus))), *command]
+        profilers = self.start_profilers(scenario, duration_s)
         before = {short_name(spec): cpu_seconds(proc.pid) for spec, proc in self.stack.procs}
         loadgen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.current = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -392,6 +394,8 @@ class Bench:
         returncode, self.current = self.current.returncode, None
         after = {short_name(spec): cpu_seconds(proc.pid) for spec, proc in self.stack.procs}
         loadgen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        for profiler in profilers:
+            profiler.wait()
         if returncode != 0:
             raise RuntimeError(f"{command[0]} exited with {returncode}:\n{output[-2000:]}")
         result = parse(output)
@@ -401,6 +405,25 @@ class Bench:
         loadgen_s = (loadgen_after.ru_utime + loadgen_after.ru_stime) - (loadgen_before.ru_utime + loadgen_before.ru_stime)
         result["loadgen_cpu_ms_per_request"] = loadgen_s * 1000 / served
         return result
+
+    def start_profilers(self, scenario: Scenario, duration_s: int) -> list[subprocess.Popen]:
+        """py-spy on every process (gunicorn's workers included) for the
+        first measured run of a scenario; it slows what it samples, so the
+        figures of a profiled run are not comparable with the others."""
+        if not self.args.profile or scenario.key in self.profiled or duration_s < self.args.duration:
+            return []
+        self.profiled.add(scenario.key)
+        py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        os.makedirs(self.args.profile, exist_ok=True)
+        profilers = []
+        for spec, proc in self.stack.procs:
+            output = os.path.join(self.args.profile, f"{scenario.key}.{short_name(spec)}.txt")
+            command = [
+                py_spy, "record", "--pid", str(proc.pid), "--subprocesses", "--gil", "--rate", "200",
+                "--duration", str(duration_s), "--format", "raw", "--output", output,
+            ]
+            profilers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return profilers
 
     def stop_load(self) -> None:
         if self.current is not None and self.current.poll() is None:
@@ -501,6 +524,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of every process (default INFO, as deployed)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and data directory")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy every process during each scenario's first run; collapsed stacks (flamegraph input) in DIR",
+    )
     args = parser.parse_args(argv)
     unknown = [key for key in args.scenarios.split(",") if key not in SCENARIOS]
     if unknown:
