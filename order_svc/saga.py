@@ -4,14 +4,19 @@ total charged, and it is CONFIRMED; a failure on the way is compensated, so
 an order ends with stock taken and one capture, or with its stock returned and
 nothing charged.
 
-Each step is persisted (Order.step) before the call it names, so whoever
+Each step is persisted (Order.step) before the calls it names, so whoever
 finds the order later - the request's background thread, the recovery loop of
 any replica - knows what may have been sent:
 
-  RESERVING   stored; a Reserve may have been sent
-  CHARGING    stock reserved, prices and total known; a Charge may have been
-              sent (recovery completes the order if its charge is in place,
-              and otherwise voids it)
+  RESERVING   stored; a Reserve, and after it a Charge, may have been sent
+              (recovery completes the order if its charge is in place, and
+              otherwise voids it and releases the stock). The Charge follows
+              the Reserve with no write between them: the order's prices are
+              recorded with its next move, and what recovery needs to know
+              it asks payment (which has the charge or not) and inventory
+              (whose Reserve is idempotent and answers the prices again).
+  CHARGING    as RESERVING, with the prices recorded (written by earlier
+              versions, which persisted this step before the Charge)
   VOIDING     the Charge's outcome is unknown and the order is to fail: Void
               (which refuses any later Charge), then release the stock
   RELEASING   the outcome is decided (Order.outcome, Order.failure): release
@@ -391,12 +396,16 @@ class OrderSaga:
             items=tuple(OrderItem(p, q) for p, q in request.items),
             payment_method=request.payment_method,
         )
-        stored = self.store.create(order, request.idempotency_key, request.fingerprint(), owner, self._lease_until())
+        # The lease covers the Reserve and the Charge.
+        stored = self.store.create(
+            order, request.idempotency_key, request.fingerprint(), owner, self._lease_until(calls=2)
+        )
         if stored is None:
             # A retry, or a concurrent duplicate, stored its order first.
             existing = self.store.find_by_idempotency_key(request.customer_id, request.idempotency_key)
             return self._replay(*existing, request)
-        log.info("order stored", extra={"order_id": stored.id, "customer_id": stored.customer_id})
+        # DEBUG: the RPC's own line and the outcome's line tell the story.
+        log.debug("order stored", extra={"order_id": stored.id, "customer_id": stored.customer_id})
         try:
             return self._run(stored, owner)
         except ShopError:
@@ -421,7 +430,8 @@ class OrderSaga:
         except _Unsettled as unsettled:
             error = upstream_unavailable("inventory", unsettled.error, order_id, RESERVE_UNSETTLED)
             return self._fail_later(order, owner, RELEASING, error)
-        if order is not None and order.step == CHARGING:
+        if order is not None and order.step == RESERVING:
+            # Reserved, priced; nothing written since the order was stored.
             try:
                 order = self._charge_step(order, owner)
             except _Unsettled as unsettled:
@@ -451,13 +461,10 @@ class OrderSaga:
     # final.
 
     def _reserve_step(self, order: Order, owner: str) -> Order | None:
+        """Reserve the stock. Reserved, the order comes back priced and still
+        at RESERVING, as stored: the Charge goes next, with no write between."""
         try:
-            reservation = self.inventory.Reserve(
-                inventory_pb2.ReserveRequest(
-                    order_id=order.id,
-                    items=[inventory_pb2.Item(product_id=i.product_id, quantity=i.quantity) for i in order.items],
-                )
-            )
+            reservation = self._reserve(order)
         except grpc.RpcError as rpc_error:
             error = from_rpc_error(rpc_error)
             if _outcome_unknown(error):
@@ -465,17 +472,20 @@ class OrderSaga:
             # Reserve is all or nothing and said no: nothing is reserved.
             failure = Failure.of(with_order_id(error, order.id))
             return self._move(order, owner, None, status=FAILED, step=AT_REST, failure=failure)
-        prices = {line.product_id: line for line in reservation.items}
-        items = tuple(
-            replace(i, unit_price_cents=prices[i.product_id].unit_price_cents, currency=prices[i.product_id].currency)
-            for i in order.items
-        )
-        currencies = {i.currency for i in items}
-        if len(currencies) > 1:
-            return self._decide(order, owner, RELEASING, FAILED, mixed_currencies(order.id, currencies), items=items)
-        total = sum(i.unit_price_cents * i.quantity for i in items)
-        return self._move(
-            order, owner, self._lease_until(), step=CHARGING, items=items, total_cents=total, currency=currencies.pop()
+        priced = _with_prices(order, reservation)
+        if not priced.currency:
+            currencies = {i.currency for i in priced.items}
+            return self._decide(
+                order, owner, RELEASING, FAILED, mixed_currencies(order.id, currencies), items=priced.items
+            )
+        return priced
+
+    def _reserve(self, order: Order):
+        return self.inventory.Reserve(
+            inventory_pb2.ReserveRequest(
+                order_id=order.id,
+                items=[inventory_pb2.Item(product_id=i.product_id, quantity=i.quantity) for i in order.items],
+            )
         )
 
     def _charge_step(self, order: Order, owner: str) -> Order | None:
@@ -515,12 +525,14 @@ class OrderSaga:
         )
         return self._decide(order, owner, RELEASING, FAILED, error, payment_id=payment.id)
 
-    def _recover_charge_step(self, order: Order, owner: str) -> Order | None:
-        """A Charge may have been sent by an actor now gone. A charge in
-        place completes the order; otherwise Void settles it for good (a
-        Charge still in flight is refused after it) and the order fails. A
-        new charge is never made for a request that was cut off."""
-        if order.total_cents == 0:
+    def _recover_placing_step(self, order: Order, owner: str) -> Order | None:
+        """A Reserve and a Charge may have been sent by an actor now gone. A
+        charge in place completes the order (a charge follows only a
+        reservation, and Reserve answers an existing one with its prices);
+        otherwise Void settles it for good (a Charge still in flight is
+        refused after it), the stock is released and the order fails. A new
+        charge is never made for a request that was cut off."""
+        if order.step == CHARGING and order.total_cents == 0:
             return self._confirm(order, owner, payment_id="")
         try:
             payments = self.payment.ListPayments(payment_pb2.ListPaymentsRequest(order_id=order.id)).payments
@@ -528,6 +540,11 @@ class OrderSaga:
             raise _Unsettled("payment", from_rpc_error(rpc_error)) from None
         for payment in payments:
             if payment.status == payment_pb2.CAPTURED:
+                if order.step == RESERVING:
+                    try:
+                        order = _with_prices(order, self._reserve(order))
+                    except grpc.RpcError as rpc_error:
+                        raise _Unsettled("inventory", from_rpc_error(rpc_error)) from None
                 return self._confirm(order, owner, payment.id)
             if payment.status == payment_pb2.DECLINED:
                 return self._decide(
@@ -597,6 +614,9 @@ class OrderSaga:
     def _move(self, order: Order, owner: str, lease_until: dt.datetime | None, **changes) -> Order | None:
         """Compare-and-set from the order's status and step, as long as
         `owner` holds its lease; lease_until None ends the lease."""
+        if order.step == RESERVING and order.currency:
+            # Reserved and priced since it was stored: record the prices too.
+            changes = dict(items=order.items, total_cents=order.total_cents, currency=order.currency) | changes
         return self.store.advance(
             order.id, (order.status, order.step), owner, lease_until, known=order, **changes
         )
@@ -682,12 +702,8 @@ class OrderSaga:
         _Unsettled if an upstream does not answer for sure; returns None if
         another actor took the order over."""
         while order is not None and order.step:
-            if order.step == RESERVING:
-                # A Reserve may have been sent: release (which refuses a late
-                # Reserve too), and fail.
-                order = self._decide(order, owner, RELEASING, FAILED, interrupted(order.id))
-            elif order.step == CHARGING:
-                order = self._recover_charge_step(order, owner)
+            if order.step in (RESERVING, CHARGING):
+                order = self._recover_placing_step(order, owner)
             elif order.step == VOIDING:
                 order = self._void_step(order, owner)
             elif order.step == RELEASING:
@@ -794,6 +810,19 @@ class OrderSaga:
         deadline, if any), plus a margin to record their answer."""
         call_s = max(0.0, timeout_for_call(None, self.config.downstream_timeout_s))
         return utc_now() + dt.timedelta(seconds=calls * call_s + LEASE_MARGIN_S)
+
+
+def _with_prices(order: Order, reservation) -> Order:
+    """The order priced by its reservation: unit prices, total and currency
+    ("" when the items are priced in more than one)."""
+    prices = {line.product_id: line for line in reservation.items}
+    items = tuple(
+        replace(i, unit_price_cents=prices[i.product_id].unit_price_cents, currency=prices[i.product_id].currency)
+        for i in order.items
+    )
+    currencies = {i.currency for i in items}
+    total = sum(i.unit_price_cents * i.quantity for i in items)
+    return replace(order, items=items, total_cents=total, currency=currencies.pop() if len(currencies) == 1 else "")
 
 
 def _answer(order: Order) -> Order:

@@ -7,6 +7,7 @@ back and nothing charged: an order is completed only if its charge was in
 place, never charged anew. The held calls are let through only afterwards,
 so the late Reserve, Charge or Release of the dead process arrives too."""
 
+import datetime as dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
+from order_svc.saga import CHARGING, PENDING, Order, OrderItem
+from order_svc.store import OrderStore
+from plumbing import db
 from shop.inventory.v1 import inventory_pb2 as inv
 from shop.order.v1 import order_pb2 as pb
 from shop.order.v1 import order_pb2_grpc
@@ -131,6 +135,18 @@ def stock(shop) -> dict[str, int]:
     return {p.product_id: p.available for p in products}
 
 
+def price_list(shop) -> dict[str, int]:
+    products = shop.inventory_stub().ListProducts(inv.ListProductsRequest(), timeout=10).products
+    return {p.product_id: p.price_cents for p in products}
+
+
+def assert_priced(order, product_id: str, prices: dict[str, int], payments) -> None:
+    """Two of product_id at the inventory's price, charged that total."""
+    assert [i.unit_price_cents for i in order.items] == [prices[product_id]]
+    assert (order.total_cents, order.currency) == (2 * prices[product_id], "USD")
+    assert [p.amount_cents for p in payments] == [order.total_cents]
+
+
 def payments_of(shop, order_id):
     return list(shop.payment_stub().ListPayments(pay.ListPaymentsRequest(order_id=order_id), timeout=10).payments)
 
@@ -164,13 +180,14 @@ def test_crash_after_each_saga_step_is_recovered_to_a_consistent_final_state(sho
     # Now the dead process's held calls arrive, late.
     held.release.set()
     harness.eventually(
-        lambda: len(shop.inventory_faults.answered("Reserve")) == len(holds)
+        lambda: len(shop.inventory_faults.answered("Reserve")) == len(shop.inventory_faults.requests("Reserve"))
         and len(shop.inventory_faults.answered("Release")) == len(shop.inventory_faults.requests("Release"))
         and len(shop.payment_faults.answered("Charge")) == len(shop.payment_faults.requests("Charge")),
         what="the late calls being handled",
     )
 
     after = stock(shop)
+    prices = price_list(shop)
     for hold in holds:
         order = final[hold.order_id]
         payments = payments_of(shop, hold.order_id)
@@ -179,6 +196,8 @@ def test_crash_after_each_saga_step_is_recovered_to_a_consistent_final_state(sho
         assert order.status == hold.expected, outcome
         if hold.expected == pb.CONFIRMED:
             assert captured == [order.payment_id], outcome
+            # Recorded with the inventory's prices, which the crashed process never wrote.
+            assert_priced(order, hold.product_id, prices, payments)
             assert after[hold.product_id] == before[hold.product_id] - 2, outcome
         else:
             assert captured == [], outcome
@@ -212,6 +231,7 @@ def test_two_replicas_recovering_one_backlog_drive_each_order_once(shop, tmp_pat
     voids = [r.order_id for r in payments.requests("Void")]
     charges = [r.order_id for r in payments.requests("Charge")]
     after = stock(shop)
+    prices = price_list(shop)
     for hold in holds:
         outcome = (hold.product_id, pb.OrderStatus.Name(final[hold.order_id].status))
         assert final[hold.order_id].status == hold.expected, outcome
@@ -223,7 +243,51 @@ def test_two_replicas_recovering_one_backlog_drive_each_order_once(shop, tmp_pat
         captured = [p.id for p in payments_of(shop, hold.order_id) if p.status == pay.CAPTURED]
         if hold.expected == pb.CONFIRMED:
             assert captured == [final[hold.order_id].payment_id], outcome
+            assert_priced(final[hold.order_id], hold.product_id, prices, payments_of(shop, hold.order_id))
             assert after[hold.product_id] == before[hold.product_id] - 2, outcome
         else:
             assert captured == [], outcome
             assert after[hold.product_id] == before[hold.product_id], outcome
+
+
+def test_an_order_left_charging_by_an_earlier_version_is_completed_with_its_recorded_prices(shop):
+    # Earlier versions persisted a CHARGING step, with the prices, before the
+    # Charge; such an order left behind by a crash still recovers.
+    order_id = "ord_earlier_version"
+    inventory, payment = shop.inventory_stub(), shop.payment_stub()
+    line = inventory.Reserve(
+        inv.ReserveRequest(order_id=order_id, items=[inv.Item(product_id="P001", quantity=2)]), timeout=10
+    ).items[0]
+    total = 2 * line.unit_price_cents
+    charge = payment.Charge(
+        pay.ChargeRequest(order_id=order_id, amount_cents=total, currency="USD", payment_method="tok_visa"), timeout=10
+    )
+    engine = db.open_engine(shop.urls["order"])
+    try:
+        OrderStore(engine).create(
+            Order(
+                id=order_id,
+                customer_id="C-earlier",
+                status=PENDING,
+                step=CHARGING,
+                items=(OrderItem("P001", 2, line.unit_price_cents, "USD"),),
+                payment_method="tok_visa",
+                total_cents=total,
+                currency="USD",
+            ),
+            "",
+            "fingerprint",
+            "a-process-now-gone",
+            dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
+        )
+    finally:
+        engine.dispose()
+
+    orders = shop.orders(shop.start_order())
+    order = wait_until_final(orders, [order_id])[order_id]
+    assert order.status == pb.CONFIRMED
+    assert (order.payment_id, order.total_cents, order.currency) == (charge.id, total, "USD")
+    assert [i.unit_price_cents for i in order.items] == [line.unit_price_cents]
+    # Priced already: recovery did not ask inventory again, nor charge anew.
+    assert len(shop.inventory_faults.requests("Reserve")) == 1
+    assert len(shop.payment_faults.requests("Charge")) == 1
