@@ -83,7 +83,9 @@ _SELECT_ITEMS = (
     .order_by(order_items.c.order_id, order_items.c.line)
 )
 _INSERT_ITEMS = order_items.insert()
-_DELETE_ITEMS = order_items.delete().where(order_items.c.order_id == sa.bindparam("w_id"))
+_PRICE_ITEMS = order_items.update().where(
+    order_items.c.order_id == sa.bindparam("w_id"), order_items.c.line == sa.bindparam("w_line")
+)
 _CAS = orders.update().where(
     orders.c.id == sa.bindparam("w_id"),
     orders.c.status == sa.bindparam("w_status"),
@@ -240,7 +242,8 @@ class OrderStore:
         lease_until renews the lease; None ends it. None if the order had
         moved on.
 
-        `items` replaces the order's items. `known` is the order as the
+        `items` prices the order's items: the same lines, with the unit
+        prices and currency the reservation gave them. `known` is the order as the
         caller holds it at `expected` (the saga, which wrote it): the moved
         order is then made from it and the changes, not read back. Every
         column changes only with a move, and no order comes back to a step
@@ -267,8 +270,13 @@ class OrderStore:
             if row is None:
                 return None
             if items is not None:
-                conn.execute(_DELETE_ITEMS, {"w_id": order_id})
-                conn.execute(_INSERT_ITEMS, self._item_rows(order_id, items))
+                conn.execute(
+                    _PRICE_ITEMS,
+                    [
+                        {"w_id": order_id, "w_line": line, "unit_price_cents": i.unit_price_cents, "currency": i.currency}
+                        for line, i in enumerate(items)
+                    ],
+                )
             if known is None:
                 return _order(row, items) if items is not None else self._with_items(conn, [row])[0]
         return dataclasses.replace(
