@@ -539,17 +539,19 @@ class OrderSaga:
         except grpc.RpcError as rpc_error:
             raise _Unsettled("payment", from_rpc_error(rpc_error)) from None
         for payment in payments:
+            if payment.status not in (payment_pb2.CAPTURED, payment_pb2.DECLINED):
+                continue
+            if order.step == RESERVING:
+                # Charged, so reserved: record what the reservation priced.
+                try:
+                    order = _with_prices(order, self._reserve(order))
+                except grpc.RpcError as rpc_error:
+                    raise _Unsettled("inventory", from_rpc_error(rpc_error)) from None
             if payment.status == payment_pb2.CAPTURED:
-                if order.step == RESERVING:
-                    try:
-                        order = _with_prices(order, self._reserve(order))
-                    except grpc.RpcError as rpc_error:
-                        raise _Unsettled("inventory", from_rpc_error(rpc_error)) from None
                 return self._confirm(order, owner, payment.id)
-            if payment.status == payment_pb2.DECLINED:
-                return self._decide(
-                    order, owner, RELEASING, PAYMENT_FAILED, payment_declined(order.id, payment), payment_id=payment.id
-                )
+            return self._decide(
+                order, owner, RELEASING, PAYMENT_FAILED, payment_declined(order.id, payment), payment_id=payment.id
+            )
         return self._decide(order, owner, VOIDING, FAILED, interrupted(order.id))
 
     def _void_step(self, order: Order, owner: str) -> Order | None:
