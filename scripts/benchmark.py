@@ -335,7 +335,7 @@ class Bench:
     order_id: str = ""
     current: subprocess.Popen | None = None
     results: dict = field(default_factory=dict)
-    profiled: set = field(default_factory=set)
+    profilers: list = field(default_factory=list)
 
     def url(self, scenario: Scenario) -> str:
         spec = next(s for s, _ in self.stack.procs if s.module == (
@@ -380,13 +380,14 @@ class Bench:
             return hey_command(self.tool, self.url(scenario), scenario, duration_s, concurrency, cpus), parse_hey
         return wrk_command(self.tool, self.url(scenario), scenario, duration_s, concurrency, self.workdir), parse_wrk
 
-    def run_once(self, scenario: Scenario, duration_s: int) -> dict:
+    def run_once(self, scenario: Scenario, duration_s: int, profile: bool = False) -> dict:
         if scenario.buys:
             self.top_up(scenario.buys)
         command, parse = self.command(scenario, duration_s)
         if self.loadgen_cpus:
             command = ["taskset", "-c", ",".join(map(str, sorted(self.loadgen_cpus))), *command]
-        profilers = self.start_profilers(scenario, duration_s)
+        if profile:
+            self.start_profilers(scenario, duration_s)
         before = {short_name(spec): cpu_seconds(proc.pid) for spec, proc in self.stack.procs}
         loadgen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.current = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -394,8 +395,7 @@ class Bench:
         returncode, self.current = self.current.returncode, None
         after = {short_name(spec): cpu_seconds(proc.pid) for spec, proc in self.stack.procs}
         loadgen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        for profiler in profilers:
-            profiler.wait()
+        self.finish_profilers()
         if returncode != 0:
             raise RuntimeError(f"{command[0]} exited with {returncode}:\n{output[-2000:]}")
         result = parse(output)
@@ -406,29 +406,31 @@ class Bench:
         result["loadgen_cpu_ms_per_request"] = loadgen_s * 1000 / served
         return result
 
-    def start_profilers(self, scenario: Scenario, duration_s: int) -> list[subprocess.Popen]:
-        """py-spy on every process (gunicorn's workers included) for the
-        first measured run of a scenario; it slows what it samples, so the
-        figures of a profiled run are not comparable with the others."""
-        if not self.args.profile or scenario.key in self.profiled or duration_s < self.args.duration:
-            return []
-        self.profiled.add(scenario.key)
-        py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    def start_profilers(self, scenario: Scenario, duration_s: int) -> None:
+        """py-spy on every process (gunicorn's workers included) for this
+        run; it slows what it samples, so a profiled run's figures are not
+        comparable with the others."""
         os.makedirs(self.args.profile, exist_ok=True)
-        profilers = []
         for spec, proc in self.stack.procs:
             output = os.path.join(self.args.profile, f"{scenario.key}.{short_name(spec)}.txt")
             command = [
-                py_spy, "record", "--pid", str(proc.pid), "--subprocesses", "--gil", "--rate", "200",
+                self.args.py_spy, "record", "--pid", str(proc.pid), "--subprocesses", "--gil", "--rate", "200",
                 "--duration", str(duration_s), "--format", "raw", "--output", output,
             ]
-            profilers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        return profilers
+            with open(output + ".log", "wb") as log:
+                self.profilers.append((output, subprocess.Popen(command, stdout=log, stderr=log)))
+
+    def finish_profilers(self) -> None:
+        for output, profiler in self.profilers:
+            if profiler.wait() != 0:
+                say(f"py-spy exited with {profiler.returncode}: no profile in {output} (see {output}.log)")
+        self.profilers.clear()
 
     def stop_load(self) -> None:
-        if self.current is not None and self.current.poll() is None:
-            self.current.kill()
-            self.current.wait()
+        for process in [self.current, *(profiler for _, profiler in self.profilers)]:
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def summarise(scenario: Scenario, runs: list[dict]) -> dict:
@@ -535,6 +537,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
     if args.duration < 1 or args.concurrency < 1 or args.runs < 1:
         parser.error("--duration, --concurrency and --runs must be at least 1")
+    args.py_spy = None
+    if args.profile:
+        args.py_spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+        if not args.py_spy:
+            parser.error("--profile needs py-spy: pip install py-spy (requirements-dev.txt has it)")
     return args
 
 
@@ -619,7 +626,7 @@ def main(argv: list[str]) -> int:
             runs: dict[str, list[dict]] = {s.key: [] for s in scenarios}
             for number in range(1, args.runs + 1):
                 for scenario in scenarios:
-                    result = bench.run_once(scenario, args.duration)
+                    result = bench.run_once(scenario, args.duration, profile=bool(args.profile) and number == 1)
                     say(f"run {number}/{args.runs} {scenario.name}: {result['rps']:.1f} req/s")
                     runs[scenario.key].append(result)
             lines = {}
