@@ -1,6 +1,7 @@
 """The gateway's settings, read from the environment in one place."""
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 from limits import parse_many
@@ -61,15 +62,16 @@ class GatewayConfig:
                 f"RATE_LIMIT_STORAGE={self.rate_limit_storage!r} must be memory:// or redis://host:port "
                 "(rediss://, redis+unix://, redis+sentinel:// and redis+cluster:// work too)"
             )
-        if self.memory_storage and self.workers > 1:
-            raise ConfigError(
-                f"RATE_LIMIT_STORAGE=memory:// with GATEWAY_WORKERS={self.workers}: each worker "
-                "process would keep its own count, so clients would get "
-                f"{self.workers} times the RATE_LIMIT budget. Set RATE_LIMIT_STORAGE=redis://host:port "
-                "to share one budget between workers, or run GATEWAY_WORKERS=1 (raise GATEWAY_THREADS "
-                "for more concurrency)."
-            )
 
     @property
     def memory_storage(self) -> bool:
         return self.rate_limit_storage.startswith("memory://")
+
+    @property
+    def rate_limit_storage_for_logs(self) -> str:
+        """RATE_LIMIT_STORAGE without its password."""
+        parts = urllib.parse.urlsplit(self.rate_limit_storage)
+        if parts.password is None:
+            return self.rate_limit_storage
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

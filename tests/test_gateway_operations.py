@@ -323,13 +323,6 @@ def test_config_defaults(monkeypatch):
     assert (config.admin_token, config.upstreams.timeout_s, config.max_body_bytes) == ("", 10.0, 65536)
 
 
-def test_memory_storage_with_several_workers_is_refused_saying_why(monkeypatch):
-    monkeypatch.setenv("RATE_LIMIT_STORAGE", "memory://")
-    monkeypatch.setenv("GATEWAY_WORKERS", "2")
-    with pytest.raises(ConfigError, match="RATE_LIMIT_STORAGE=redis://"):
-        GatewayConfig.from_env()
-
-
 @pytest.mark.parametrize(
     "name, value", [("RATE_LIMIT", "lots"), ("RATE_LIMIT_STORAGE", "mongo://x"), ("GATEWAY_WORKERS", "0")]
 )
