@@ -155,7 +155,7 @@ def test_a_comma_separated_address_list_becomes_a_round_robin_target():
     assert resolve_target("localhost:50051") == "localhost:50051"
 
 
-def test_each_rpc_logs_one_json_line_with_the_callers_request_id(inventory):
+def _rpc_lines(inventory, level: int, call) -> list[dict]:
     lines = []
 
     class Capture(logging.Handler):
@@ -164,17 +164,34 @@ def test_each_rpc_logs_one_json_line_with_the_callers_request_id(inventory):
 
     handler = Capture()
     logger = logging.getLogger("plumbing.rpc")
+    saved = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
     try:
-        stub = inventory_pb2_grpc.InventoryServiceStub(inventory.channel())
-        stub.GetProduct(pb.GetProductRequest(product_id="P001"), metadata=[("x-request-id", "req-42")], timeout=5)
+        call(inventory_pb2_grpc.InventoryServiceStub(inventory.channel()))
     finally:
         logger.removeHandler(handler)
-    rpc_lines = [line for line in lines if line.get("grpc_method") == "GetProduct"]
-    assert len(rpc_lines) == 1
-    assert rpc_lines[0]["request_id"] == "req-42"
-    assert rpc_lines[0]["grpc_code"] == "OK"
+        logger.setLevel(saved)
+    return [line for line in lines if line.get("message") == "rpc"]
+
+
+def test_each_rpc_logs_one_debug_line_with_the_callers_request_id(inventory):
+    def get(stub):
+        stub.GetProduct(pb.GetProductRequest(product_id="P001"), metadata=[("x-request-id", "req-42")], timeout=5)
+
+    assert _rpc_lines(inventory, logging.INFO, get) == []
+    (line,) = _rpc_lines(inventory, logging.DEBUG, get)
+    assert (line["level"], line["grpc_method"], line["grpc_code"]) == ("DEBUG", "GetProduct", "OK")
+    assert line["request_id"] == "req-42"
+
+
+def test_an_rpc_that_fails_logs_its_line_at_info(inventory):
+    def get_unknown(stub):
+        with pytest.raises(grpc.RpcError):
+            stub.GetProduct(pb.GetProductRequest(product_id="NOPE"), metadata=[("x-request-id", "req-43")], timeout=5)
+
+    (line,) = _rpc_lines(inventory, logging.INFO, get_unknown)
+    assert (line["level"], line["grpc_code"], line["request_id"]) == ("INFO", "NOT_FOUND", "req-43")
 
 
 def free_port() -> int:
