@@ -4,12 +4,14 @@ in the logs, deadlines on every outgoing call, and the SIGTERM drain."""
 import json
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -246,6 +248,8 @@ def test_make_run_hands_each_process_its_own_per_service_settings():
         "DATABASE_URL": "sqlite:///not-for-any-one-process.db",
         "METRICS_PORT": "1",
         "DATA_DIR": "/var/shop",
+        "PAYMENT_PROCESSES": "3",
+        "PROCESSES": "7",
     }
     specs = {spec.name: spec for spec in run_local.plan(environ)}
     assert specs["inventory-1"].env["DATABASE_URL"] == "postgresql://db/inventory"
@@ -254,3 +258,52 @@ def test_make_run_hands_each_process_its_own_per_service_settings():
     assert specs["payment-1"].env["METRICS_PORT"] == "9102"
     assert specs["gateway-1"].env["INVENTORY_ADDR"] == "localhost:6051"
     assert {spec.env["DATA_DIR"] for spec in specs.values()} == {"/var/shop"}
+    assert specs["payment-1"].env["PROCESSES"] == "3"
+    assert "PROCESSES" not in specs["order-1"].env
+
+
+def test_processes_serve_one_port_share_the_database_and_stop_together(tmp_path):
+    """PROCESSES=2: two copies of the service on its one port, one metrics
+    port for both, and SIGTERM stops the group gracefully."""
+    port, metrics_port = free_port(), free_port()
+    env = dict(os.environ, INVENTORY_PORT=str(port), METRICS_PORT=str(metrics_port), DATA_DIR=str(tmp_path),
+               PROCESSES="2", LOG_FORMAT="json")  # fmt: skip
+    log_path = tmp_path / "group.log"
+    with open(log_path, "wb") as log:
+        group = subprocess.Popen([sys.executable, "-m", "inventory_svc"], cwd=ROOT, env=env, stderr=log)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        (started,) = [json.loads(line) for line in open(log_path) if "serving as a group" in line]
+        copies = started["processes"]
+        assert len(copies) == 2
+        # Every new connection lands on either copy (40 all on one: 2^-39).
+        for _ in range(40):
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as one:
+                stub = inventory_pb2_grpc.InventoryServiceStub(one)
+                assert stub.GetProduct(pb.GetProductRequest(product_id="P001"), timeout=5).product_id == "P001"
+        counted = {path.name for path in pathlib.Path(started["metrics_dir"]).glob("counter_*.db")}
+        assert counted == {f"counter_{pid}.db" for pid in copies}
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            assert 'grpc_method="GetProduct"' in response.read().decode()
+        assert health_of(channel) == health_pb2.HealthCheckResponse.SERVING
+        channel.close()
+        # A second shop on the same port is refused, not let in beside the group.
+        intruder = subprocess.run([sys.executable, "-m", "inventory_svc"], cwd=ROOT, env=env, capture_output=True,
+                                  timeout=60)  # fmt: skip
+        assert intruder.returncode != 0
+        assert f"cannot serve gRPC on port {port}" in intruder.stderr.decode()
+        group.send_signal(signal.SIGTERM)
+        assert group.wait(timeout=30) == 0
+        assert not any(_alive(pid) for pid in copies)
+    finally:
+        if group.poll() is None:
+            group.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")
+    except (ProcessLookupError, FileNotFoundError):
+        return False
