@@ -9,6 +9,10 @@ from limits import parse_many
 from plumbing.config import ConfigError, LogConfig, UpstreamConfig, env_int, env_str
 
 DEFAULT_PORT = 30080
+# Worker processes x threads: what measured fastest on a 2-core machine
+# (docs/performance.md); one worker per core, threads for calls in flight.
+DEFAULT_WORKERS = 2
+DEFAULT_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,8 @@ class GatewayConfig:
             rate_limit=env_str("RATE_LIMIT", "100/minute"),
             rate_limit_storage=env_str("RATE_LIMIT_STORAGE", "memory://"),
             rate_limit_key_prefix=env_str("RATE_LIMIT_KEY_PREFIX", "gateway"),
-            workers=env_int("GATEWAY_WORKERS", 1, minimum=1),
-            threads=env_int("GATEWAY_THREADS", 8, minimum=1),
+            workers=env_int("GATEWAY_WORKERS", DEFAULT_WORKERS, minimum=1),
+            threads=env_int("GATEWAY_THREADS", DEFAULT_THREADS, minimum=1),
             # Not stripped of inner spaces: a token is compared byte for byte.
             admin_token=env_str("ADMIN_TOKEN", ""),
             trusted_proxies=env_int("TRUSTED_PROXIES", 0),
