@@ -363,7 +363,7 @@ def test_a_forked_process_opens_its_own_channels(backends, monkeypatch):
     client = app.test_client()
     client.get("/inventory/P001")
     parent_channel = upstreams.channel("inventory")
-    monkeypatch.setattr(os, "getpid", lambda: -1)  # as a gunicorn worker sees it after the fork
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as a worker process sees it after the fork
     assert upstreams.opened() == []
     assert client.get("/inventory/P001").status_code == 200
     assert upstreams.channel("inventory") is not parent_channel
