@@ -319,7 +319,7 @@ def test_config_defaults(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     config = GatewayConfig.from_env()
     assert (config.port, config.rate_limit, config.rate_limit_storage) == (30080, "100/minute", "memory://")
-    assert (config.workers, config.threads, config.trusted_proxies) == (1, 8, 0)
+    assert (config.workers, config.threads, config.trusted_proxies) == (2, 8, 0)
     assert (config.admin_token, config.upstreams.timeout_s, config.max_body_bytes) == ("", 10.0, 65536)
 
 
