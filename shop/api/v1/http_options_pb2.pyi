@@ -8,6 +8,8 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 HTTP_FIELD_NUMBER: _ClassVar[int]
 http: _descriptor.FieldDescriptor
+CALLERS_FIELD_NUMBER: _ClassVar[int]
+callers: _descriptor.FieldDescriptor
 
 class HttpOptions(_message.Message):
     __slots__ = ("created", "location", "admin", "refused_fields")
@@ -28,3 +30,9 @@ class RefusedField(_message.Message):
     name: str
     message: str
     def __init__(self, name: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Callers(_message.Message):
+    __slots__ = ("allow",)
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
+    allow: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, allow: _Optional[_Iterable[str]] = ...) -> None: ...
