@@ -82,6 +82,7 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
     upstreams = Upstreams(
         shop_backends(config.upstreams, {name: tuple(methods) for name, methods in read_methods.items()}),
         config.upstreams.timeout_s,
+        config.upstreams.tls,
     )
     rate_limit = ratelimit.RateLimit(config, os.environ.get(ratelimit.SHARED_DIR_ENV))
     gateway = Gateway(config, bindings, upstreams, rate_limit, started_at or time.time())

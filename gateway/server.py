@@ -52,6 +52,8 @@ def serve(config: GatewayConfig) -> None:
             "rate_limit": config.rate_limit,
             "rate_limit_storage": config.rate_limit_storage_for_logs,
             "metrics_dir": metrics_dir,
+            # Calls to the services: mutual TLS as this identity, or plaintext (None).
+            "tls_identity": config.upstreams.tls.identity if config.upstreams.tls else None,
         },
     )
     server = Granian(

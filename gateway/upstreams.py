@@ -17,8 +17,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from plumbing.channels import open_channel, resolve_target
-from plumbing.config import UpstreamConfig
+from plumbing.channels import dial, open_channel
+from plumbing.config import TlsConfig, UpstreamConfig
 from shop.inventory.v1 import inventory_pb2
 from shop.order.v1 import order_pb2
 from shop.payment.v1 import payment_pb2
@@ -80,9 +80,11 @@ def shop_backends(
 class Upstreams:
     """Channels and calls to every backend, for the current process."""
 
-    def __init__(self, backends: list[Backend], timeout_s: float):
+    def __init__(self, backends: list[Backend], timeout_s: float, tls: TlsConfig | None = None):
         self.backends = {backend.name: backend for backend in backends}
         self.timeout_s = timeout_s
+        # The gateway's own certificate for every channel (None: plaintext).
+        self.tls = tls
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._channels: dict[str, grpc.Channel] = {}
@@ -96,7 +98,7 @@ class Upstreams:
             if channel is None:
                 backend = self.backends[backend_name]
                 channel = open_channel(
-                    backend.address, backend.service.full_name, self.timeout_s, backend.read_methods
+                    backend.address, backend.service.full_name, self.timeout_s, backend.read_methods, self.tls
                 )
                 self._channels[backend_name] = channel
             return channel
@@ -109,7 +111,7 @@ class Upstreams:
             self._forget_inherited()
             channel = self._probes.get(backend_name)
             if channel is None:
-                channel = grpc.insecure_channel(resolve_target(self.backends[backend_name].address))
+                channel = dial(self.backends[backend_name].address, self.tls)
                 self._probes[backend_name] = channel
             return channel
 

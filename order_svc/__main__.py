@@ -24,9 +24,11 @@ PAYMENT_SAGA_METHODS = ("Charge", "Void", "Refund", "ListPayments")
 def build_saga(config: OrderConfig, store: OrderStore) -> tuple[OrderSaga, list]:
     """The saga and the channels it calls through (to close at the end)."""
     inventory = open_channel(
-        config.inventory_addr, INVENTORY_SERVICE, config.downstream_timeout_s, INVENTORY_SAGA_METHODS
+        config.inventory_addr, INVENTORY_SERVICE, config.downstream_timeout_s, INVENTORY_SAGA_METHODS, config.tls
     )
-    payment = open_channel(config.payment_addr, PAYMENT_SERVICE, config.downstream_timeout_s, PAYMENT_SAGA_METHODS)
+    payment = open_channel(
+        config.payment_addr, PAYMENT_SERVICE, config.downstream_timeout_s, PAYMENT_SAGA_METHODS, config.tls
+    )
     saga = OrderSaga(
         store, inventory_pb2_grpc.InventoryServiceStub(inventory), payment_pb2_grpc.PaymentServiceStub(payment), config
     )

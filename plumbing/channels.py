@@ -1,6 +1,7 @@
 """The channel factory: every call gets a deadline (clamped to the caller's
 own), carries x-request-id, is counted in metrics, and is spread round-robin
-over every address behind the target."""
+over every address behind the target; with TLS on, the channel presents this
+process's certificate and checks the server's."""
 
 import json
 import socket
@@ -10,6 +11,8 @@ import uuid
 import grpc
 
 from plumbing import metrics
+from plumbing import tls as mtls
+from plumbing.config import TlsConfig
 from plumbing.deadlines import timeout_for_call
 from plumbing.logs import request_id_var
 
@@ -214,12 +217,24 @@ class ObservedChannel(grpc.Channel):
         return False
 
 
+def dial(address: str, tls: TlsConfig | None, options=()) -> grpc.Channel:
+    """A plain grpc channel to `address`: mutual TLS with `tls`, else plaintext."""
+    if tls is None:
+        return grpc.insecure_channel(resolve_target(address), options=options)
+    return grpc.secure_channel(resolve_target(address), mtls.channel_credentials(tls), options=options)
+
+
 def open_channel(
-    address: str, service: str, default_timeout_s: float, retry_methods: tuple[str, ...] = ()
+    address: str,
+    service: str,
+    default_timeout_s: float,
+    retry_methods: tuple[str, ...] = (),
+    tls: TlsConfig | None = None,
 ) -> grpc.Channel:
     """A channel to `service` (its full name) at `address`, ready for stubs."""
-    channel = grpc.insecure_channel(
-        resolve_target(address),
+    channel = dial(
+        address,
+        tls,
         options=[
             ("grpc.service_config", service_config(service, retry_methods)),
             ("grpc.enable_retries", 1),

@@ -50,6 +50,20 @@ def env_int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def env_bool(name: str, default: bool) -> bool:
+    raw = env_str(name, "1" if default else "0").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be 1 or 0")
+
+
+def env_host(name: str, default: str) -> str:
+    """A host to bind, as a bare name or address (an IPv6 one without brackets)."""
+    return env_str(name, default).removeprefix("[").removesuffix("]")
+
+
 def env_float(name: str, default: float, minimum: float = 0.0) -> float:
     raw = env_str(name, str(default))
     try:
@@ -74,6 +88,50 @@ class LogConfig:
         return cls(level=env_str("LOG_LEVEL", "INFO").upper(), format=fmt)
 
 
+TLS_FILES = ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Mutual TLS between the processes (TLS_CERT_FILE, TLS_KEY_FILE,
+    TLS_CA_FILE): the files' contents, read once at start (rotating them is
+    a restart), and the process's own name from its certificate's
+    spiffe://shop/<name> URI SAN."""
+
+    certificate: bytes
+    private_key: bytes
+    ca_certificates: bytes
+    identity: str
+
+    @classmethod
+    def from_env(cls, identity: str) -> "TlsConfig | None":
+        """None with none of the three set (plaintext, the default); the
+        certificate must name `identity`, the process reading it."""
+        paths = {name: env_str(name, "") for name in TLS_FILES}
+        if not any(paths.values()):
+            return None
+        missing = [name for name, path in paths.items() if not path]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} unset: TLS needs {', '.join(TLS_FILES)} together")
+        return cls.load(*paths.values(), identity=identity)
+
+    @classmethod
+    def load(cls, cert_file: str, key_file: str, ca_file: str, identity: str | None = None) -> "TlsConfig":
+        from plumbing.tls import certificate_identity
+
+        contents = []
+        for name, path in zip(TLS_FILES, (cert_file, key_file, ca_file), strict=True):
+            try:
+                with open(path, "rb") as file:
+                    contents.append(file.read())
+            except OSError as error:
+                raise ConfigError(f"{name}={path!r} cannot be read: {error.strerror}") from None
+        named = certificate_identity(*contents)
+        if identity is not None and named != identity:
+            raise ConfigError(f"TLS_CERT_FILE={cert_file!r} is the certificate of {named!r}, not of {identity!r}")
+        return cls(*contents, identity=named)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """What every gRPC service process needs."""
@@ -92,6 +150,14 @@ class ServerConfig:
     # Processes serving the one port (SO_REUSEPORT); 1 = this process alone.
     processes: int
     log: LogConfig
+    # Interfaces the gRPC and metrics servers listen on (default: all).
+    bind_host: str = "::"
+    metrics_bind_host: str = "0.0.0.0"
+    # Plaintext grpc.health.v1 alone, for kubelet's probes (which speak no
+    # TLS); None: not served.
+    health_port: int | None = None
+    reflection: bool = True
+    tls: TlsConfig | None = None
 
     @classmethod
     def from_env(cls, name: str) -> "ServerConfig":
@@ -109,6 +175,11 @@ class ServerConfig:
             max_connection_age_s=env_float("MAX_CONNECTION_AGE_S", 30.0, minimum=1.0),
             processes=env_int("PROCESSES", DEFAULT_PROCESSES, minimum=1),
             log=LogConfig.from_env(),
+            bind_host=env_host("GRPC_BIND_HOST", "::"),
+            metrics_bind_host=env_host("METRICS_BIND_HOST", "0.0.0.0"),
+            health_port=env_int("HEALTH_PORT", 0) if env_str("HEALTH_PORT", "") else None,
+            reflection=env_bool("GRPC_REFLECTION", True),
+            tls=TlsConfig.from_env(name),
         )
 
 
@@ -121,14 +192,19 @@ class UpstreamConfig:
     order_addr: str
     # The deadline given to a call when the caller itself has none.
     timeout_s: float
+    # The client certificate this process presents (None: plaintext).
+    tls: TlsConfig | None = None
 
     @classmethod
-    def from_env(cls, timeout_env: str = "UPSTREAM_TIMEOUT_S", default_timeout_s: float = 10.0):
+    def from_env(
+        cls, timeout_env: str = "UPSTREAM_TIMEOUT_S", default_timeout_s: float = 10.0, identity: str = "gateway"
+    ):
         return cls(
             inventory_addr=env_str("INVENTORY_ADDR", f"localhost:{DEFAULT_PORTS['inventory']}"),
             payment_addr=env_str("PAYMENT_ADDR", f"localhost:{DEFAULT_PORTS['payment']}"),
             order_addr=env_str("ORDER_ADDR", f"localhost:{DEFAULT_PORTS['order']}"),
             timeout_s=env_float(timeout_env, default_timeout_s, minimum=0.001),
+            tls=TlsConfig.from_env(identity),
         )
 
 
@@ -147,13 +223,16 @@ class OrderConfig:
     # An order untouched this long, with no live lease, is recovered: by
     # default the longest a call upstream may take.
     recovery_after_s: float = 5.0
+    # The client certificate the order service presents (None: plaintext).
+    tls: TlsConfig | None = None
 
     @classmethod
     def from_env(cls) -> "OrderConfig":
-        upstream = UpstreamConfig.from_env("DOWNSTREAM_TIMEOUT_S", 5.0)
+        upstream = UpstreamConfig.from_env("DOWNSTREAM_TIMEOUT_S", 5.0, identity="order")
         return cls(
             inventory_addr=upstream.inventory_addr,
             payment_addr=upstream.payment_addr,
+            tls=upstream.tls,
             downstream_timeout_s=upstream.timeout_s,
             recovery_interval_s=env_float("RECOVERY_INTERVAL_S", 5.0, minimum=0.01),
             recovery_after_s=env_float("RECOVERY_AFTER_S", upstream.timeout_s),

@@ -1,6 +1,6 @@
-"""The server interceptor every service runs: request id, deadline, one log
-line per RPC (DEBUG when it went well), go-grpc-prometheus metrics, and
-ShopError -> status."""
+"""The server interceptor every service runs: with TLS on, the caller table
+first (plumbing/access.py); then request id, deadline, one log line per RPC
+(DEBUG when it went well), go-grpc-prometheus metrics, and ShopError -> status."""
 
 import logging
 import time
@@ -8,7 +8,7 @@ import uuid
 
 import grpc
 
-from plumbing import metrics
+from plumbing import access, metrics
 from plumbing.deadlines import deadline_from_remaining, deadline_var
 from plumbing.errors import ShopError
 from plumbing.logs import request_id_var
@@ -21,23 +21,32 @@ _QUIET_SERVICES = {"grpc.health.v1.Health"}
 
 
 class ServerInterceptor(grpc.ServerInterceptor):
-    def __init__(self):
+    def __init__(self, enforce_callers: bool = False):
+        # With TLS on: every RPC admits only the callers its table entry names.
+        self._enforce_callers = enforce_callers
         # method -> (the service's handler, the observed handler wrapping it):
         # wrapped once per method, not once per call.
         self._observed: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streaming: health Watch, reflection
+        if handler is None:
+            return handler
         cached = self._observed.get(handler_call_details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]
+        # The table's entry, looked up once per method (None: TLS off, nothing to check).
+        check = access.CallerCheck(handler_call_details.method) if self._enforce_callers else None
+        if handler.unary_unary is None:
+            # Streaming (health Watch, reflection): checked, not observed.
+            wrapped = handler if check is None or check.allowed is None else check.guard(handler)
+            self._observed[handler_call_details.method] = (handler, wrapped)
+            return wrapped
         service, method = metrics.split_method(handler_call_details.method)
         behavior = handler.unary_unary
 
         def observed(request, context):
-            return self._observe(behavior, request, context, service, method)
+            return self._observe(behavior, request, context, service, method, check)
 
         wrapped = grpc.unary_unary_rpc_method_handler(
             observed,
@@ -47,7 +56,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
         self._observed[handler_call_details.method] = (handler, wrapped)
         return wrapped
 
-    def _observe(self, behavior, request, context: grpc.ServicerContext, service, method):
+    def _observe(self, behavior, request, context: grpc.ServicerContext, service, method, check):
         request_id = ""
         for key, value in context.invocation_metadata():
             if key == "x-request-id":
@@ -59,7 +68,11 @@ class ServerInterceptor(grpc.ServerInterceptor):
         metrics.labelled(metrics.server_started, "unary", service, method).inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        caller_token = None
         try:
+            if check is not None:
+                # Before anything the service does, validation included.
+                caller_token = access.caller_var.set(check(context))
             response = behavior(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response
@@ -95,5 +108,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
                         "peer": context.peer(),
                     },
                 )
+            if caller_token is not None:
+                access.caller_var.reset(caller_token)
             deadline_var.reset(deadline_token)
             request_id_var.reset(rid_token)

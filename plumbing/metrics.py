@@ -56,5 +56,5 @@ def split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-def start_metrics_server(port: int) -> None:
-    prometheus_client.start_http_server(port)
+def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
+    prometheus_client.start_http_server(port, addr=host)

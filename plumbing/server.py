@@ -1,6 +1,7 @@
 """The server bootstrap every gRPC service uses: health, reflection, the
 interceptor, a bounded thread pool, the metrics port and a graceful SIGTERM
-drain (health NOT_SERVING -> drain delay -> server.stop(grace)); and, with
+drain (health NOT_SERVING -> drain delay -> server.stop(grace)); mutual TLS
+when configured, with health alone in plaintext on HEALTH_PORT; and, with
 PROCESSES > 1, several processes of the service serving one port."""
 
 import logging
@@ -20,11 +21,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from plumbing.config import ServerConfig
+from plumbing import tls as mtls
+from plumbing.config import ServerConfig, TlsConfig
 from plumbing.interceptors import ServerInterceptor
 from plumbing.metrics import start_metrics_server
 
 log = logging.getLogger("plumbing.server")
+
+# The largest request a service takes: every shop message is a few KiB at
+# most (the gateway refuses bodies over 64 KiB), so anything near this is
+# not a request worth reading.
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def address(host: str, port: int) -> str:
+    """host:port for grpc, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 @dataclass
@@ -46,14 +58,18 @@ class ShopServer:
         workers: int = 16,
         max_concurrent_rpcs: int | None = None,
         max_connection_age_s: float = 30.0,
-        host: str = "[::]",
+        host: str = "::",
         share_port: bool = False,
+        tls: TlsConfig | None = None,
+        reflection_enabled: bool = True,
+        health_port: int | None = None,
     ):
         self.services = services
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-            interceptors=[ServerInterceptor()],
+            # With TLS on, each RPC admits only the callers its table entry names.
+            interceptors=[ServerInterceptor(enforce_callers=tls is not None)],
             # Overload answers RESOURCE_EXHAUSTED instead of an unbounded queue.
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[
@@ -65,22 +81,45 @@ class ShopServer:
                 # a second shop started by mistake must fail to bind, not
                 # quietly take half the calls.
                 ("grpc.so_reuseport", 1 if share_port else 0),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ],
         )
         for service in services:
             service.add_to_server(service.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [s.name for s in services]
-            + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.server,
-        )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if reflection_enabled:
+            reflection.enable_server_reflection(
+                [s.name for s in services]
+                + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+                self.server,
+            )
+        if tls is None:
+            self.port = self.server.add_insecure_port(address(host, port))
+        else:
+            self.port = self.server.add_secure_port(address(host, port), mtls.server_credentials(tls))
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {host}:{port}")
+            raise OSError(f"cannot bind gRPC port {address(host, port)}")
+        # Kubelet's gRPC probes speak no TLS: the same health statuses, alone,
+        # in plaintext on a port of their own.
+        self.health_server = None
+        self.health_port = None
+        if health_port is not None:
+            self.health_server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
+                options=[
+                    ("grpc.so_reuseport", 1 if share_port else 0),
+                    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ],
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(address(host, health_port))
+            if self.health_port == 0:
+                raise OSError(f"cannot bind the health port {address(host, health_port)}")
 
     def start(self) -> "ShopServer":
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         for name in ["", *(s.name for s in self.services)]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self
@@ -93,6 +132,8 @@ class ShopServer:
         """Refuse new calls, let in-flight ones finish within grace_s."""
         self.begin_shutdown()
         self.server.stop(grace_s).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
 
 
 def serve(
@@ -108,15 +149,21 @@ def serve(
     in_group = os.environ.get(PROCESS_INDEX_ENV) is not None
     if not in_group:
         # A process of a group leaves the metrics port to the group's first process.
-        start_metrics_server(config.metrics_port)
+        start_metrics_server(config.metrics_port, config.metrics_bind_host)
     server = ShopServer(
         services,
         config.port,
         workers=config.workers,
         max_concurrent_rpcs=config.max_concurrent_rpcs,
         max_connection_age_s=config.max_connection_age_s,
+        host=config.bind_host,
         share_port=in_group,
+        tls=config.tls,
+        reflection_enabled=config.reflection,
+        health_port=config.health_port,
     ).start()
+    if config.tls is None:
+        log.warning("TLS is off: the caller table is not enforced, every peer may call every RPC")
     stopping = threading.Event()
     for task in background:
         threading.Thread(target=task, args=(stopping,), name=task.__name__, daemon=True).start()
@@ -129,7 +176,13 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     log.info(
         "serving",
-        extra={"port": server.port, "metrics_port": config.metrics_port, "services": [s.name for s in services]},
+        extra={
+            "port": server.port,
+            "metrics_port": config.metrics_port,
+            "services": [s.name for s in services],
+            "tls_identity": config.tls.identity if config.tls else None,
+            "health_port": server.health_port,
+        },
     )
     stopping.wait()
     server.begin_shutdown()
@@ -164,7 +217,7 @@ def serve_as_group(config: ServerConfig) -> bool:
     metrics_dir = tempfile.mkdtemp(prefix=f"{config.name}-metrics-")
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
-    start_http_server(config.metrics_port, registry=registry)
+    start_http_server(config.metrics_port, addr=config.metrics_bind_host, registry=registry)
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     copies = [
         subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env={**env, PROCESS_INDEX_ENV: str(n)})

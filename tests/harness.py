@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from plumbing import db
+from plumbing.channels import dial
 from plumbing.server import Service, ShopServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,8 +42,10 @@ class Running:
     def address(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
-    def channel(self) -> grpc.Channel:
-        channel = grpc.insecure_channel(self.address)
+    def channel(self, tls=None) -> grpc.Channel:
+        """A channel to the service: plaintext, or mutual TLS presenting `tls`
+        (a TlsConfig) to a service started with TLS."""
+        channel = dial(self.address, tls)
         self.channels.append(channel)
         return channel
 
@@ -62,29 +65,34 @@ class Running:
         self.engine.dispose()
 
 
-def start(service: Service, engine, port: int = 0) -> Running:
-    server = ShopServer([service], port, workers=16, max_concurrent_rpcs=256, host="127.0.0.1").start()
+def start(service: Service, engine, port: int = 0, tls=None) -> Running:
+    """`tls`: the service's TlsConfig (mutual TLS, the caller table enforced)."""
+    server = ShopServer([service], port, workers=16, max_concurrent_rpcs=256, host="127.0.0.1", tls=tls).start()
     return Running(server, service.servicer, engine)
 
 
-def run_inventory(database_url: str, port: int = 0, wrap: Callable = lambda servicer: servicer) -> Running:
+def run_inventory(database_url: str, port: int = 0, wrap: Callable = lambda servicer: servicer, tls=None) -> Running:
     from inventory_svc.server import SERVICE_NAME, InventoryServicer
     from inventory_svc.store import InventoryStore
     from shop.inventory.v1 import inventory_pb2_grpc
 
     engine = db.open_engine(database_url)
     servicer = wrap(InventoryServicer(InventoryStore(engine)))
-    return start(Service(SERVICE_NAME, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server), engine, port)
+    return start(
+        Service(SERVICE_NAME, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server), engine, port, tls
+    )
 
 
-def run_payment(database_url: str, port: int = 0, wrap: Callable = lambda servicer: servicer) -> Running:
+def run_payment(database_url: str, port: int = 0, wrap: Callable = lambda servicer: servicer, tls=None) -> Running:
     from payment_svc.server import SERVICE_NAME, PaymentServicer
     from payment_svc.store import PaymentStore
     from shop.payment.v1 import payment_pb2_grpc
 
     engine = db.open_engine(database_url)
     servicer = wrap(PaymentServicer(PaymentStore(engine)))
-    return start(Service(SERVICE_NAME, servicer, payment_pb2_grpc.add_PaymentServiceServicer_to_server), engine, port)
+    return start(
+        Service(SERVICE_NAME, servicer, payment_pb2_grpc.add_PaymentServiceServicer_to_server), engine, port, tls
+    )
 
 
 def run_order(
@@ -92,7 +100,8 @@ def run_order(
 ) -> Running:
     """The order service, calling inventory and payment at the given
     addresses, with its recovery loop unless recover=False. `settings`
-    override OrderConfig's fields (tests use short recovery intervals)."""
+    override OrderConfig's fields (tests use short recovery intervals; `tls`
+    serves and calls with mutual TLS)."""
     from order_svc.__main__ import build_saga
     from order_svc.server import SERVICE_NAME, OrderServicer
     from order_svc.store import OrderStore
@@ -103,7 +112,9 @@ def run_order(
     engine = db.open_engine(database_url)
     saga, upstream_channels = build_saga(config, OrderStore(engine))
     servicer = OrderServicer(saga)
-    running = start(Service(SERVICE_NAME, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server), engine, port)
+    running = start(
+        Service(SERVICE_NAME, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server), engine, port, config.tls
+    )
     running.upstream_channels = upstream_channels
     if recover:
         stopping = threading.Event()
