@@ -16,13 +16,16 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 gen: $(INSTALLED)
 	$(BIN)/python scripts/gen_protos.py
 
-## run: every service on the embedded defaults; Ctrl-C stops them all
+# TLS=1: mutual TLS between the processes, with a local CA and certificates in data/tls ($$DATA_DIR/tls)
+RUN_ARGS = $(if $(filter 1,$(TLS)),--tls)
+
+## run: every service on the embedded defaults; Ctrl-C stops them all (TLS=1: over mutual TLS)
 run: $(INSTALLED) gen
-	$(BIN)/python -m scripts.run_local
+	$(BIN)/python -m scripts.run_local $(RUN_ARGS)
 
 ## run-replicated: two replicas of every process on PostgreSQL and Redis (POSTGRES_URL)
 run-replicated: $(INSTALLED) gen
-	$(BIN)/python -m scripts.run_local --replicas 2
+	$(BIN)/python -m scripts.run_local --replicas 2 $(RUN_ARGS)
 
 ## test: the whole suite (uses PostgreSQL and Redis on localhost when present)
 test: $(INSTALLED)

@@ -2,10 +2,12 @@
 all on Ctrl-C. `make run-replicated` (--replicas 2) runs two of each on
 PostgreSQL and Redis, as Kubernetes would.
 
-Each process reads the plain names (METRICS_PORT, DATABASE_URL, PROCESSES);
+Each process reads the plain names (METRICS_PORT, DATABASE_URL, PROCESSES,
+TLS_CERT_FILE, TLS_KEY_FILE);
 this launcher maps the per-service forms (INVENTORY_METRICS_PORT,
-INVENTORY_DATABASE_URL, INVENTORY_PROCESSES, ...) onto them, so one
-environment configures all.
+INVENTORY_DATABASE_URL, INVENTORY_PROCESSES, GATEWAY_TLS_CERT_FILE, ...) onto
+them, so one environment configures all. --tls (make run TLS=1) makes a local
+CA and a certificate per process in $DATA_DIR/tls and runs with mutual TLS.
 """
 
 import argparse
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from plumbing.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 
 SERVICES = ("inventory", "payment", "order")
+# Each process's own certificate; TLS_CA_FILE is shared.
+PER_PROCESS_TLS = ("TLS_CERT_FILE", "TLS_KEY_FILE")
 # Replica n listens on the default port + n * REPLICA_PORT_STEP.
 REPLICA_PORT_STEP = 100
 
@@ -44,6 +48,7 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
         addrs[f"{key}_ADDR"] = environ.get(f"{key}_ADDR") or ",".join(f"localhost:{p}" for p in ports)
         for n, replica_port in enumerate(ports):
             env = {k: v for k, v in environ.items() if k not in ("METRICS_PORT", "DATABASE_URL", "PROCESSES")}
+            env.update(own_tls(environ, key))
             env[f"{key}_PORT"] = str(replica_port)
             if environ.get(f"{key}_PROCESSES"):
                 env["PROCESSES"] = environ[f"{key}_PROCESSES"]
@@ -54,6 +59,7 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
     gateway_port = int(environ.get("GATEWAY_PORT", 30080))
     for n in range(replicas):
         env = {k: v for k, v in environ.items() if k not in ("METRICS_PORT", "DATABASE_URL")}
+        env.update(own_tls(environ, "GATEWAY"))
         env.update(addrs)
         env["GATEWAY_PORT"] = str(gateway_port + n)
         specs.append(ProcessSpec(f"gateway-{n + 1}", "gateway", env, gateway_port + n, None))
@@ -61,6 +67,27 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
         for service in SERVICES:
             spec.env.setdefault(f"{service.upper()}_ADDR", addrs[f"{service.upper()}_ADDR"])
     return specs
+
+
+def own_tls(environ: dict[str, str], key: str) -> dict[str, str]:
+    """TLS_CERT_FILE and TLS_KEY_FILE of one process, from its per-process
+    forms ("" when it has none: one certificate never serves two identities)."""
+    return {name: environ.get(f"{key}_{name}", "") for name in PER_PROCESS_TLS}
+
+
+def tls_environ(environ: dict[str, str]) -> dict[str, str]:
+    """make run TLS=1: a local CA and a certificate per process in
+    $DATA_DIR/tls (the CA kept across runs, the certificates fresh), and the
+    settings that hand each process its own."""
+    from scripts.certs import make_certificates
+
+    directory = make_certificates(os.path.join(environ.get("DATA_DIR", "data"), "tls")).resolve()
+    environ = dict(environ)
+    environ.setdefault("TLS_CA_FILE", str(directory / "ca.crt"))
+    for name in ("gateway", *SERVICES):
+        environ.setdefault(f"{name.upper()}_TLS_CERT_FILE", str(directory / f"{name}.crt"))
+        environ.setdefault(f"{name.upper()}_TLS_KEY_FILE", str(directory / f"{name}.key"))
+    return environ
 
 
 def start(specs: list[ProcessSpec], **popen_kwargs) -> list[tuple[ProcessSpec, subprocess.Popen]]:
@@ -107,10 +134,13 @@ def replicated_environ(environ: dict[str, str]) -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--tls", action="store_true", help="mutual TLS between the processes, with local certificates")
     args = parser.parse_args()
     environ = dict(os.environ)
     if args.replicas > 1:
         environ = replicated_environ(environ)
+    if args.tls:
+        environ = tls_environ(environ)
     specs = plan(environ, args.replicas)
     procs = start(specs)
 
@@ -120,6 +150,11 @@ def main() -> int:
             print(f"  {spec.name:<12} http://localhost:{spec.port}  (try: curl localhost:{spec.port}/inventory)")
         else:
             print(f"  {spec.name:<12} grpc localhost:{spec.port}  metrics http://localhost:{spec.metrics_port}/metrics")
+    if environ.get("TLS_CA_FILE"):
+        flags = f"-cacert {environ['TLS_CA_FILE']} -cert {environ.get('GATEWAY_TLS_CERT_FILE')} " + (
+            f"-key {environ.get('GATEWAY_TLS_KEY_FILE')}"
+        )
+        print(f"  mutual TLS: grpcurl {flags} localhost:{specs[0].port} list")
     print("Ctrl-C stops everything.\n", flush=True)
 
     stopping = False

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from plumbing.channels import dial
+from plumbing.config import TlsConfig
 from scripts import run_local
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +93,7 @@ class Stack:
                     return r.status == 200
             except (urllib.error.URLError, OSError):
                 return False
-        with grpc.insecure_channel(f"127.0.0.1:{spec.port}") as channel:
+        with dial(f"127.0.0.1:{spec.port}", tls_of(spec)) as channel:
             try:
                 status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
                 return status == health_pb2.HealthCheckResponse.SERVING
@@ -100,6 +102,12 @@ class Stack:
 
     def stop(self) -> None:
         run_local.stop(self.procs)
+
+
+def tls_of(spec) -> TlsConfig | None:
+    """The certificate a process of the stack serves with, for calling it (None: plaintext)."""
+    files = [spec.env.get(name, "") for name in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")]
+    return TlsConfig.load(*files) if all(files) else None
 
 
 def plan_stack(replicas: int, environ: dict[str, str]) -> list:

@@ -262,6 +262,21 @@ def test_make_run_hands_each_process_its_own_per_service_settings():
     assert "PROCESSES" not in specs["order-1"].env
 
 
+def test_make_run_tls_hands_each_process_its_own_certificate_and_one_ca(tmp_path):
+    from plumbing.config import TlsConfig
+    from scripts import run_local
+
+    specs = run_local.plan(run_local.tls_environ({"DATA_DIR": str(tmp_path)}))
+    identities = {
+        spec.module.removesuffix("_svc"): TlsConfig.load(
+            spec.env["TLS_CERT_FILE"], spec.env["TLS_KEY_FILE"], spec.env["TLS_CA_FILE"]
+        ).identity
+        for spec in specs
+    }
+    assert identities == {"gateway": "gateway", "order": "order", "inventory": "inventory", "payment": "payment"}
+    assert {spec.env["TLS_CA_FILE"] for spec in specs} == {str(tmp_path / "tls" / "ca.crt")}
+
+
 def test_processes_serve_one_port_share_the_database_and_stop_together(tmp_path):
     """PROCESSES=2: two copies of the service on its one port, one metrics
     port for both, and SIGTERM stops the group gracefully."""
