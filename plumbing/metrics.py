@@ -56,5 +56,6 @@ def split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
-    prometheus_client.start_http_server(port, addr=host)
+def start_metrics_server(port: int, host: str = "0.0.0.0"):
+    """The /metrics HTTP server, in a daemon thread: (server, thread)."""
+    return prometheus_client.start_http_server(port, addr=host)

@@ -10,8 +10,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from plumbing import access
-from plumbing.config import ConfigError, TlsConfig, UpstreamConfig
+from plumbing.config import ConfigError, ServerConfig, TlsConfig, UpstreamConfig
 from plumbing.errors import from_rpc_error
+from plumbing.server import Service, ShopServer
 from scripts.certs import make_certificates
 from shop.inventory.v1 import inventory_pb2 as inv
 from shop.inventory.v1 import inventory_pb2_grpc
@@ -230,3 +231,28 @@ def test_tls_settings_come_together_or_not_at_all(monkeypatch, certs):
     for name in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE"):
         monkeypatch.delenv(name)
     assert TlsConfig.from_env("order") is None
+
+
+def test_kubelet_probes_health_in_plaintext_on_the_health_port_and_nothing_else(certs, monkeypatch):
+    monkeypatch.setenv("HEALTH_PORT", "0")
+    assert ServerConfig.from_env("inventory").health_port == 0
+    monkeypatch.delenv("HEALTH_PORT")
+    assert ServerConfig.from_env("inventory").health_port is None
+
+    name = SERVICES["inventory"].full_name
+    service = Service(name, object(), lambda servicer, server: None)
+    server = ShopServer([service], 0, host="127.0.0.1", tls=certs("inventory"), health_port=0).start()
+    probe = grpc.insecure_channel(f"127.0.0.1:{server.health_port}")
+    try:
+        check = health_pb2_grpc.HealthStub(probe).Check
+        assert check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        listing = unary(probe, SERVICES["inventory"], SERVICES["inventory"].methods_by_name["ListProducts"])
+        assert code_of(listing, inv.ListProductsRequest()) == grpc.StatusCode.UNIMPLEMENTED
+        server.begin_shutdown()
+        # The same statuses as the TLS port: NOT_SERVING once the drain begins.
+        assert check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+    finally:
+        probe.close()
+        server.stop(0)

@@ -1,0 +1,103 @@
+"""What every gRPC server refuses or keeps to itself: oversized requests,
+reflection when switched off, interfaces it was not asked to listen on."""
+
+import socket
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from plumbing.config import ConfigError, ServerConfig
+from plumbing.metrics import start_metrics_server
+from plumbing.server import MAX_REQUEST_BYTES, Service, ShopServer
+from shop.inventory.v1 import inventory_pb2 as pb
+from shop.inventory.v1 import inventory_pb2_grpc
+from tests import harness
+from tests.test_plumbing import health_of
+
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+@pytest.fixture
+def inventory(sqlite_url):
+    running = harness.run_inventory(sqlite_url("inventory"))
+    yield running
+    running.stop()
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return True
+    except ConnectionRefusedError:
+        return False
+
+
+def test_a_request_over_the_size_limit_is_refused_unread(inventory):
+    stub = inventory_pb2_grpc.InventoryServiceStub(inventory.channel())
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.GetProduct(pb.GetProductRequest(product_id="P" * (MAX_REQUEST_BYTES + 1)), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Just under the limit is read (and answered as the bad id it is).
+    with pytest.raises(grpc.RpcError) as invalid:
+        stub.GetProduct(pb.GetProductRequest(product_id="P" * (MAX_REQUEST_BYTES - 16)), timeout=5)
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_reflection_is_on_by_default_and_grpc_reflection_0_turns_it_off(monkeypatch):
+    assert ServerConfig.from_env("inventory").reflection is True
+    monkeypatch.setenv("GRPC_REFLECTION", "0")
+    config = ServerConfig.from_env("inventory")
+    assert config.reflection is False
+    monkeypatch.setenv("GRPC_REFLECTION", "maybe")
+    with pytest.raises(ConfigError, match="GRPC_REFLECTION"):
+        ServerConfig.from_env("inventory")
+
+    service = Service("shop.inventory.v1.InventoryService", object(), lambda servicer, server: None)
+    server = ShopServer([service], 0, host="127.0.0.1", reflection_enabled=config.reflection).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            reflection = channel.stream_stream(REFLECTION)
+            with pytest.raises(grpc.RpcError) as missing:
+                list(reflection(iter([b""]), timeout=5))
+            assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert health_of(channel) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)
+
+
+def test_grpc_and_metrics_listen_only_where_their_bind_hosts_say(monkeypatch):
+    assert (ServerConfig.from_env("order").bind_host, ServerConfig.from_env("order").metrics_bind_host) == (
+        "::",
+        "0.0.0.0",
+    )
+    monkeypatch.setenv("GRPC_BIND_HOST", "127.0.0.1")
+    monkeypatch.setenv("METRICS_BIND_HOST", "127.0.0.1")
+    config = ServerConfig.from_env("order")
+    service = Service("shop.order.v1.OrderService", object(), lambda servicer, server: None)
+    everywhere = ShopServer([service], 0).start()
+    loopback = ShopServer([service], 0, host=config.bind_host).start()
+    metrics_server, metrics_thread = start_metrics_server(0, config.metrics_bind_host)
+    try:
+        # 127.0.0.2 is this machine too: only a server on every interface answers there.
+        assert reachable("127.0.0.2", everywhere.port)
+        assert reachable("127.0.0.1", loopback.port) and not reachable("127.0.0.2", loopback.port)
+        metrics_port = metrics_server.server_address[1]
+        assert reachable("127.0.0.1", metrics_port) and not reachable("127.0.0.2", metrics_port)
+    finally:
+        everywhere.stop(0)
+        loopback.stop(0)
+        metrics_server.shutdown()
+        metrics_thread.join()
+
+
+def test_an_ipv6_bind_host_is_accepted_bare_or_in_brackets(monkeypatch):
+    monkeypatch.setenv("GRPC_BIND_HOST", "[::1]")
+    assert ServerConfig.from_env("order").bind_host == "::1"
+    service = Service("shop.order.v1.OrderService", object(), lambda servicer, server: None)
+    server = ShopServer([service], 0, host="::1").start()
+    try:
+        with grpc.insecure_channel(f"[::1]:{server.port}") as channel:
+            assert health_of(channel) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)
