@@ -42,7 +42,8 @@ import socket
 import threading
 import time
 from base64 import urlsafe_b64decode, urlsafe_b64encode
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
 import grpc
@@ -91,6 +92,11 @@ DECIDED_GRACE_S = 1.0
 # Orders recovered in parallel, so one slow upstream does not hold up the rest.
 RECOVERY_WORKERS = 4
 RECOVERY_BATCH = 100
+# Orders a request failed at once and left to settle (Void, Release) in the
+# background: a fixed pool, so an upstream outage does not start a thread per
+# order, and a bounded backlog; past it, recovery settles them.
+SETTLING_WORKERS = 4
+SETTLING_BACKLOG = 200
 
 # Codes with which an upstream said no for sure: nothing was done. Any other
 # failure (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, ...) leaves the outcome
@@ -358,8 +364,9 @@ class OrderSaga:
         self.payment = payment
         self.config = config
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._settling: set[threading.Thread] = set()
+        self._settling: set[Future] = set()
         self._settling_lock = threading.Lock()
+        self._settling_pool = ThreadPoolExecutor(SETTLING_WORKERS, thread_name_prefix="order-settle")
         self._recovery_pool = ThreadPoolExecutor(RECOVERY_WORKERS, thread_name_prefix="order-recovery")
         self._closed = threading.Event()
 
@@ -381,9 +388,11 @@ class OrderSaga:
 
     # Placing an order
 
-    def place_order(self, request: OrderRequest) -> Order:
+    def place_order(self, request: OrderRequest, caller_gone: Callable[[], bool] = lambda: False) -> Order:
         """Run the saga for a new order, or answer a retry of one with its
-        outcome. Raises the order's error (naming it) when it fails."""
+        outcome. Raises the order's error (naming it) when it fails.
+        `caller_gone` tells a retry waiting for its first attempt that no one
+        awaits its answer any more (cancelled, or past its deadline)."""
         # No lookup of the idempotency key first: storing the order finds a
         # taken key by itself (its unique constraint), so a first attempt
         # costs one round trip to the database, not two.
@@ -403,7 +412,7 @@ class OrderSaga:
         if stored is None:
             # A retry, or a concurrent duplicate, stored its order first.
             existing = self.store.find_by_idempotency_key(request.customer_id, request.idempotency_key)
-            return self._replay(*existing, request)
+            return self._replay(*existing, request, caller_gone)
         # DEBUG: the RPC's own line and the outcome's line tell the story.
         log.debug("order stored", extra={"order_id": stored.id, "customer_id": stored.customer_id})
         try:
@@ -625,7 +634,7 @@ class OrderSaga:
 
     # Retries with an idempotency key
 
-    def _replay(self, existing: Order, fingerprint: str, request: OrderRequest) -> Order:
+    def _replay(self, existing: Order, fingerprint: str, request: OrderRequest, caller_gone) -> Order:
         if fingerprint != request.fingerprint():
             # Names the order the key belongs to, as every error about an existing order does.
             raise invalid_argument(
@@ -639,12 +648,15 @@ class OrderSaga:
                 "IDEMPOTENCY_KEY_IN_USE",
                 {"order_id": existing.id},
             ),
+            caller_gone,
         )
 
-    def _await_outcome(self, order_id: str, unresolved: ShopError) -> Order:
+    def _await_outcome(self, order_id: str, unresolved: ShopError, caller_gone=lambda: False) -> Order:
         """The order's outcome, waiting for it up to the incoming deadline
-        (less a margin to answer): the order if it was confirmed, its error
-        if it failed. Raises `unresolved` if it has none by then."""
+        (less a margin to answer), or as long as the saga may take when the
+        caller set none, and never once the caller is gone: the order if it
+        was confirmed, its error if it failed. Raises `unresolved` if it has
+        none by then."""
         left = remaining_s()
         wait_s = left - MARGIN_S if left is not None else 2 * self.config.downstream_timeout_s
         started = time.monotonic()
@@ -659,7 +671,7 @@ class OrderSaga:
             # the outcome already: no need to wait out an upstream outage.
             if order.failure and (now > started + DECIDED_GRACE_S or now + pause > give_up):
                 raise order.failure.error()
-            if now + pause > give_up:
+            if now + pause > give_up or caller_gone():
                 raise unresolved
             time.sleep(pause)
             pause = min(pause * 2, 0.25)
@@ -717,6 +729,8 @@ class OrderSaga:
         return order
 
     def _settle_in_background(self, order_id: str, owner: str) -> None:
+        """Settle on the pool, or leave the order to recovery (its lease
+        released) when the backlog is full."""
         request_id = request_id_var.get()
 
         def settle():
@@ -730,14 +744,21 @@ class OrderSaga:
                 log.warning("settling order refused", extra={"order_id": order_id, "cause": str(error)})
             except Exception:
                 log.exception("settling order failed", extra={"order_id": order_id})
-            finally:
-                with self._settling_lock:
-                    self._settling.discard(threading.current_thread())
 
-        thread = threading.Thread(target=settle, name=f"settle-{order_id}", daemon=True)
         with self._settling_lock:
-            self._settling.add(thread)
-        thread.start()
+            queued = len(self._settling) < SETTLING_BACKLOG and not self._closed.is_set()
+            if queued:
+                future = self._settling_pool.submit(settle)
+                self._settling.add(future)
+        if not queued:
+            log.warning("order left for recovery", extra={"order_id": order_id, "cause": "settling backlog full"})
+            self.store.release_lease(order_id, owner)
+            return
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: Future) -> None:
+        with self._settling_lock:
+            self._settling.discard(future)
 
     def recover_stuck_orders(self) -> int:
         """One pass of recovery: drive every order whose lease has lapsed
@@ -795,9 +816,10 @@ class OrderSaga:
         self._closed.set()
         give_up = time.monotonic() + (timeout_s if timeout_s is not None else 3 * self.config.downstream_timeout_s)
         with self._settling_lock:
-            threads = list(self._settling)
-        for thread in threads:
-            thread.join(max(0.0, give_up - time.monotonic()))
+            pending = list(self._settling)
+        wait(pending, timeout=max(0.0, give_up - time.monotonic()))
+        # Any not started yet keep their lease until it lapses; recovery takes them then.
+        self._settling_pool.shutdown(wait=False, cancel_futures=True)
         self._recovery_pool.shutdown(wait=True, cancel_futures=True)
 
     # Leases

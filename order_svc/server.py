@@ -48,7 +48,10 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         payment_method = saga.check_payment_method(violations, request.payment_method)
         key = saga.check_idempotency_key(violations, _metadata_value(context, IDEMPOTENCY_KEY))
         violations.raise_if_any()
-        order = self.saga.place_order(OrderRequest(request.customer_id, tuple(items), payment_method, key))
+        order = self.saga.place_order(
+            OrderRequest(request.customer_id, tuple(items), payment_method, key),
+            caller_gone=lambda: not context.is_active(),
+        )
         return order_to_pb(order)
 
     def GetOrder(self, request, context):

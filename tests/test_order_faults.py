@@ -4,10 +4,12 @@ order ends final - never charged-but-failed, never confirmed-but-uncharged -
 once the upstream answers again."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
+from order_svc import saga
 from plumbing.errors import from_rpc_error
 from shop.inventory.v1 import inventory_pb2 as inv
 from shop.order.v1 import order_pb2 as pb
@@ -157,3 +159,49 @@ def test_retry_after_a_timeout_learns_the_outcome_with_the_same_error(shop):
         first.message,
         first.metadata,
     )
+
+
+def unknown_outcome(request, context, method):
+    """A rule: the upstream drops the call, so whether it happened is unknown."""
+    context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+
+
+def settling_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("order-settle")}
+
+
+@harness.sqlite_only
+def test_background_settling_runs_on_a_fixed_pool_and_leaves_the_overflow_to_recovery(
+    database_url, sqlite_url, monkeypatch, caplog
+):
+    monkeypatch.setattr(saga, "SETTLING_BACKLOG", 2 * saga.SETTLING_WORKERS)
+    # Held Voids must not time out while the test counts them; no recovery yet.
+    shop = harness.OrderShop.start(database_url, sqlite_url, downstream_timeout_s=30.0, recover=False)
+    gate = threading.Event()
+    earlier = settling_threads()
+    try:
+        before = stock(shop, "P001")["P001"]
+        shop.payment_faults.rules["Charge"] = unknown_outcome
+        shop.payment_faults.rules["Void"] = held_until(gate)
+        orders = shop.orders()
+        count = 3 * saga.SETTLING_WORKERS
+        with ThreadPoolExecutor(count) as pool:
+            errors = list(pool.map(lambda _: refused_order(orders, 30, items=(("P001", 1),)), range(count)))
+        assert {error.code for error in errors} == {grpc.StatusCode.UNAVAILABLE}
+        # Every order is answered and awaits its Void: the pool's threads hold
+        # as many, the backlog as many again, and the rest wait for recovery.
+        harness.eventually(
+            lambda: len(shop.payment_faults.requests("Void")) == saga.SETTLING_WORKERS, what="the first Voids"
+        )
+        assert len(settling_threads() - earlier) == saga.SETTLING_WORKERS
+        left = [r.order_id for r in caplog.records if r.getMessage() == "order left for recovery"]
+        assert len(left) == count - saga.SETTLING_BACKLOG
+        gate.set()
+        shop.start_order(recover=True)
+        settled = [final_order(orders, error.metadata["order_id"]) for error in errors]
+        assert {order.status for order in settled} == {pb.FAILED}
+        assert stock(shop, "P001")["P001"] == before
+        assert len(settling_threads() - earlier) <= saga.SETTLING_WORKERS
+    finally:
+        gate.set()
+        shop.stop()

@@ -172,3 +172,51 @@ def test_duplicate_of_a_pending_order_waits_for_its_outcome_or_says_in_use(shop)
     assert in_use.metadata["order_id"] == placed.id
     assert waited == placed and placed.status == pb.CONFIRMED
     assert len(shop.payment_faults.requests("Charge")) == 1
+
+
+def create_order_calls(metric) -> float:
+    """How many CreateOrder calls this process's servers have started or
+    finished (every code), from the go-grpc-prometheus counters."""
+    return sum(
+        sample.value
+        for family in metric.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("grpc_method") == "CreateOrder"
+    )
+
+
+@harness.sqlite_only
+def test_a_waiting_duplicate_frees_its_server_thread_once_its_caller_is_gone(database_url, sqlite_url):
+    from plumbing import metrics
+
+    # With no deadline of its own, a duplicate could wait as long as the
+    # saga may take (two upstream calls of 30 s): its caller leaving ends it.
+    shop = harness.OrderShop.start(database_url, sqlite_url, downstream_timeout_s=30.0)
+    gate = threading.Event()
+
+    def slow_charge(charge_request, context, charge):
+        gate.wait(60)
+        return charge(charge_request, context)
+
+    shop.payment_faults.rules["Charge"] = slow_charge
+    orders = shop.orders()
+    started, handled = create_order_calls(metrics.server_started), create_order_calls(metrics.server_handled)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(outcome, orders, request(), "key-gone", 60)
+            harness.eventually(lambda: shop.payment_faults.requests("Charge"), what="the first Charge")
+            duplicate = orders.CreateOrder.future(request(), metadata=with_key("key-gone"))
+            harness.eventually(
+                lambda: create_order_calls(metrics.server_started) == started + 2, what="the duplicate arriving"
+            )
+            duplicate.cancel()
+            # The first is still held at its Charge, and the duplicate is done.
+            harness.eventually(
+                lambda: create_order_calls(metrics.server_handled) == handled + 1, what="the duplicate ending"
+            )
+            assert not first.done()
+            gate.set()
+            assert first.result()[0] == "order"
+    finally:
+        gate.set()
+        shop.stop()
