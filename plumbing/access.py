@@ -57,11 +57,26 @@ def callers_of(full_method: str) -> frozenset[str] | None:
 
 
 def caller_of(context: grpc.ServicerContext) -> str:
-    """The caller's name from its certificate ('' without a spiffe://shop/ identity).
-    gRPC sets peer_spiffe_id only for a certificate with exactly one URI SAN."""
-    values = context.auth_context().get("peer_spiffe_id")
-    uri = values[0].decode() if values else ""
-    return uri[len(SPIFFE_PREFIX) :] if uri.startswith(SPIFFE_PREFIX) else ""
+    """The caller's name from its certificate ('' without a spiffe://shop/ identity)."""
+    # The full auth context costs ~11 us a call (it copies the PEM); the
+    # certificate's SANs (peer_identities) ~1 us, and they decide the name.
+    sans = tuple(context.peer_identities() or ())
+    caller = _callers_by_sans.get(sans)
+    if caller is None:
+        # gRPC sets peer_spiffe_id only for a certificate with exactly one URI SAN.
+        values = context.auth_context().get("peer_spiffe_id")
+        uri = values[0].decode() if values else ""
+        caller = uri[len(SPIFFE_PREFIX) :] if uri.startswith(SPIFFE_PREFIX) else ""
+        if len(_callers_by_sans) >= _MAX_KNOWN_CERTIFICATES:
+            _callers_by_sans.clear()
+        _callers_by_sans[sans] = caller
+    return caller
+
+
+# SAN list -> caller name: a handful of certificates (one per process, new
+# ones at rotation), bounded all the same.
+_callers_by_sans: dict[tuple[bytes, ...], str] = {}
+_MAX_KNOWN_CERTIFICATES = 256
 
 
 def believes_identity_metadata() -> bool:

@@ -466,6 +466,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario; figures are medians (default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per scenario first")
     parser.add_argument("--postgres", action="store_true", help="the services on PostgreSQL (POSTGRES_URL)")
+    parser.add_argument("--tls", action="store_true", help="mutual TLS between the processes (as make run TLS=1)")
     parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
@@ -551,6 +552,8 @@ def main(argv: list[str]) -> int:
             if args.postgres:
                 admin_url = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
                 environ.update(cleanup.enter_context(postgres_databases(admin_url)))
+            if args.tls:
+                environ = run_local.tls_environ(environ)
             specs = plan_stack(1, environ)
             for spec in specs:
                 spec.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -570,6 +573,7 @@ def main(argv: list[str]) -> int:
                         "bench": {
                             "commit": _git_commit(),
                             "database": "postgresql" if args.postgres else "sqlite",
+                            "tls": args.tls,
                             "load_tool": f"{tool.name} {tool.version}",
                             "duration_s": args.duration,
                             "concurrency": args.concurrency,
