@@ -66,6 +66,39 @@ def _write_cert(path: pathlib.Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def _key_usage(signs_certificates: bool) -> x509.KeyUsage:
+    """A CA signs certificates; a process signs its handshakes."""
+    return x509.KeyUsage(
+        digital_signature=not signs_certificates, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates, encipher_only=False, decipher_only=False,
+    )
+
+
+def _sign(subject: x509.Name, key, issuer: x509.Name, issuer_key, days: int, extensions) -> x509.Certificate:
+    """A certificate for `key`, valid from a little before now for `days`."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shop"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
+
+
 def certificate_authority(directory: pathlib.Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The CA in `directory`, made there first if it has none."""
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
@@ -74,28 +107,14 @@ def certificate_authority(directory: pathlib.Path) -> tuple[x509.Certificate, ec
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         return cert, key
     key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shop"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "shop local CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    name = _name("shop local CA")
+    cert = _sign(
+        name,
+        key,
+        name,
+        key,
+        CA_DAYS,
+        [(x509.BasicConstraints(ca=True, path_length=0), True), (_key_usage(signs_certificates=True), True)],
     )
     _write_key(key_path, key)
     _write_cert(cert_path, cert)
@@ -111,43 +130,29 @@ def dns_names(name: str, namespace: str) -> list[str]:
 def issue(
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], name: str, namespace: str = "shop", days: int = DEFAULT_DAYS
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A certificate for the process `name`, signed by the CA."""
+    """A certificate for the process `name`, signed by the CA (and expiring no later than it)."""
     ca_cert, ca_key = ca
     key = _new_key()
-    now = dt.datetime.now(dt.UTC)
     alt_names = [
         x509.UniformResourceIdentifier(spiffe_id(name)),
         *(x509.DNSName(dns) for dns in dns_names(name, namespace)),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
     ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shop"),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    days = min(days, (ca_cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).days)
+    cert = _sign(
+        _name(name),
+        key,
+        ca_cert.subject,
+        ca_key,
+        days,
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (_key_usage(signs_certificates=False), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+            (x509.SubjectAlternativeName(alt_names), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), False),
+        ],
     )
     return cert, key
 

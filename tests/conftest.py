@@ -71,6 +71,16 @@ def shop(database_url, sqlite_url):
 
 
 @pytest.fixture
+def inventory(sqlite_url):
+    """The inventory service alone, in-process, on SQLite."""
+    from tests import harness
+
+    running = harness.run_inventory(sqlite_url("inventory"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
 def backends(sqlite_url):
     """Inventory and payment in-process, and a scripted order service, for the gateway."""
     from tests.test_gateway_support import running_backends

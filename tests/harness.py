@@ -291,6 +291,16 @@ class OrderShop:
             running.stop()  # harmless if the test stopped it already
 
 
+def held_until(gate: threading.Event, wait_s: float = 30):
+    """A Faults rule: the upstream takes as long as the test says (at most wait_s)."""
+
+    def rule(request, context, method):
+        gate.wait(wait_s)
+        return method(request, context)
+
+    return rule
+
+
 def eventually(check: Callable, timeout_s: float = 20, what: str = "the condition"):
     """Poll `check` until it returns something truthy, and return that. For
     outcomes reached in the background (recovery, settling); the timeout

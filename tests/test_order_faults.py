@@ -52,16 +52,6 @@ def final_order(orders, order_id):
     return harness.eventually(final, what=f"order {order_id} reaching a final status")
 
 
-def held_until(gate: threading.Event):
-    """A rule: the upstream takes as long as the test says."""
-
-    def rule(request, context, method):
-        gate.wait(30)
-        return method(request, context)
-
-    return rule
-
-
 @harness.sqlite_only
 def test_inventory_down_fails_the_order_quickly_with_nothing_reserved_or_charged(shop):
     before = stock(shop, "P001", "P002")
@@ -104,8 +94,8 @@ def test_payment_down_settles_the_order_failed_with_nothing_charged_and_stock_ba
 def test_payment_slower_than_the_deadline_never_leaves_a_charge_on_a_failed_order(shop):
     before = stock(shop, "P001", "P002")
     gate = threading.Event()
-    shop.payment_faults.rules["Charge"] = held_until(gate)
-    shop.payment_faults.rules["Void"] = held_until(gate)
+    shop.payment_faults.rules["Charge"] = harness.held_until(gate)
+    shop.payment_faults.rules["Void"] = harness.held_until(gate)
 
     error = refused_order(shop.orders(), timeout=1)
 
@@ -124,7 +114,7 @@ def test_payment_slower_than_the_deadline_never_leaves_a_charge_on_a_failed_orde
 def test_inventory_slower_than_the_deadline_fails_the_order_and_returns_any_stock(shop):
     before = stock(shop, "P001", "P002")
     gate = threading.Event()
-    shop.inventory_faults.rules["Reserve"] = held_until(gate)
+    shop.inventory_faults.rules["Reserve"] = harness.held_until(gate)
 
     error = refused_order(shop.orders(), timeout=1)
 
@@ -140,7 +130,7 @@ def test_inventory_slower_than_the_deadline_fails_the_order_and_returns_any_stoc
 
 def test_retry_after_a_timeout_learns_the_outcome_with_the_same_error(shop):
     gate = threading.Event()
-    shop.payment_faults.rules["Charge"] = held_until(gate)
+    shop.payment_faults.rules["Charge"] = harness.held_until(gate)
     request = pb.CreateOrderRequest(customer_id="C1", items=[pb.Item(product_id="P003", quantity=1)])
     key = [("idempotency-key", "retry-after-504")]
     with pytest.raises(grpc.RpcError) as info:
@@ -182,7 +172,7 @@ def test_background_settling_runs_on_a_fixed_pool_and_leaves_the_overflow_to_rec
     try:
         before = stock(shop, "P001")["P001"]
         shop.payment_faults.rules["Charge"] = unknown_outcome
-        shop.payment_faults.rules["Void"] = held_until(gate)
+        shop.payment_faults.rules["Void"] = harness.held_until(gate)
         orders = shop.orders()
         count = 3 * saga.SETTLING_WORKERS
         with ThreadPoolExecutor(count) as pool:

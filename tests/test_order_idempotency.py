@@ -193,12 +193,7 @@ def test_a_waiting_duplicate_frees_its_server_thread_once_its_caller_is_gone(dat
     # saga may take (two upstream calls of 30 s): its caller leaving ends it.
     shop = harness.OrderShop.start(database_url, sqlite_url, downstream_timeout_s=30.0)
     gate = threading.Event()
-
-    def slow_charge(charge_request, context, charge):
-        gate.wait(60)
-        return charge(charge_request, context)
-
-    shop.payment_faults.rules["Charge"] = slow_charge
+    shop.payment_faults.rules["Charge"] = harness.held_until(gate, 60)
     orders = shop.orders()
     started, handled = create_order_calls(metrics.server_started), create_order_calls(metrics.server_handled)
     try:

@@ -22,17 +22,9 @@ from plumbing.channels import open_channel, resolve_target
 from plumbing.logs import JsonFormatter
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
-from tests import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVICE = "shop.inventory.v1.InventoryService"
-
-
-@pytest.fixture
-def inventory(sqlite_url):
-    running = harness.run_inventory(sqlite_url("inventory"))
-    yield running
-    running.stop()
 
 
 def health_of(channel, service=""):

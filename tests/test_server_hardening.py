@@ -12,17 +12,9 @@ from plumbing.metrics import start_metrics_server
 from plumbing.server import MAX_REQUEST_BYTES, Service, ShopServer
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
-from tests import harness
 from tests.test_plumbing import health_of
 
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-
-
-@pytest.fixture
-def inventory(sqlite_url):
-    running = harness.run_inventory(sqlite_url("inventory"))
-    yield running
-    running.stop()
 
 
 def reachable(host: str, port: int) -> bool:
