@@ -323,10 +323,14 @@ class Bench:
         concurrency = self.args.concurrency
         if scenario.target == "grpc":
             inventory = next(s for s, _ in self.stack.procs if s.module == "inventory_svc")
+            gateway = next(s for s, _ in self.stack.procs if s.module == "gateway")
             command = [
                 sys.executable, "-m", "scripts.grpc_load", f"127.0.0.1:{inventory.port}", "P001",
                 str(duration_s), str(concurrency),
             ]
+            if gateway.env.get("TLS_CERT_FILE"):
+                # Over mTLS (--tls), as the gateway: the caller GetProduct admits.
+                command += [gateway.env[n] for n in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")]
             return command, json.loads
         if self.tool.name == "hey":
             cpus = len(self.loadgen_cpus) if self.loadgen_cpus else os.cpu_count()

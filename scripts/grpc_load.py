@@ -3,7 +3,9 @@ gRPC here): `concurrency` callers on grpc.aio, each sending GetProduct to the
 inventory service back to back for `duration` seconds. Prints one JSON object
 in the shape scripts/benchmark.py reads from hey and wrk.
 
-    python -m scripts.grpc_load ADDRESS PRODUCT_ID DURATION_S CONCURRENCY
+    python -m scripts.grpc_load ADDRESS PRODUCT_ID DURATION_S CONCURRENCY [CERT KEY CA]
+
+With CERT KEY CA (the gateway's), it calls over mutual TLS.
 """
 
 import asyncio
@@ -13,6 +15,8 @@ import time
 
 import grpc
 
+from plumbing import tls as mtls
+from plumbing.config import TlsConfig
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 CALL_TIMEOUT_S = 10.0
@@ -25,11 +29,18 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[index]
 
 
-async def drive(address: str, product_id: str, duration_s: float, concurrency: int) -> dict:
+async def drive(
+    address: str, product_id: str, duration_s: float, concurrency: int, tls: TlsConfig | None = None
+) -> dict:
     latencies: list[float] = []
     codes: dict[str, int] = {}
     request = inventory_pb2.GetProductRequest(product_id=product_id)
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = (
+        grpc.aio.insecure_channel(address)
+        if tls is None
+        else grpc.aio.secure_channel(address, mtls.channel_credentials(tls))
+    )
+    async with channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         await channel.channel_ready()
         started = time.perf_counter()
@@ -63,7 +74,8 @@ async def drive(address: str, product_id: str, duration_s: float, concurrency: i
 
 def main(argv: list[str]) -> int:
     address, product_id, duration_s, concurrency = argv[1], argv[2], float(argv[3]), int(argv[4])
-    print(json.dumps(asyncio.run(drive(address, product_id, duration_s, concurrency))))
+    tls = TlsConfig.load(*argv[5:8]) if len(argv) >= 8 else None
+    print(json.dumps(asyncio.run(drive(address, product_id, duration_s, concurrency, tls))))
     return 0
 
 
