@@ -23,6 +23,7 @@ from gateway.mesh import check_backends, overall_status, service_status
 from gateway.openapi import openapi_document
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
+from plumbing import tracing
 from plumbing.logs import request_id_var
 
 log = logging.getLogger("gateway")
@@ -134,7 +135,13 @@ def _begin_request() -> None:
     state.request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
     state.request_id_token = request_id_var.set(state.request_id)
     gateway = _gateway()
-    if gateway.routes.get(req.endpoint) not in OPERATIONS_ROUTES:
+    route = gateway.routes.get(req.endpoint, metrics.UNMATCHED_ROUTE)
+    if tracing.enabled:
+        # Continues the client's traceparent, if it sent one.
+        state.span, state.span_token = tracing.start_server_span(
+            f"{req.method} {route}", req.headers, {"http.request.method": req.method, "http.route": route}
+        )
+    if route not in OPERATIONS_ROUTES:
         # Unknown routes count too: probing paths spends the budget.
         state.rate_limit = verdict = gateway.rate_limit.check(req.remote_addr or "")
         if not verdict.allowed:
@@ -164,6 +171,7 @@ def _finish_request(response):
     status = response.status_code
     elapsed = time.perf_counter() - getattr(state, "started", time.perf_counter())
     metrics.observe_request(route, method, status, elapsed)
+    state.status = status
     if getattr(state, "rate_limited", False):
         metrics.labelled(metrics.rate_limited, route).inc()
     access_log.info(
@@ -182,6 +190,15 @@ def _finish_request(response):
 
 
 def _end_request(_error) -> None:
+    span = g.pop("span", None)
+    if span is not None:
+        status = g.get("status", 500)
+        tracing.end_server_span(
+            span,
+            g.pop("span_token"),
+            error=f"HTTP {status}" if status >= 500 else None,
+            **{"http.response.status_code": status},
+        )
     token = g.pop("request_id_token", None)
     if token is not None:
         request_id_var.reset(token)

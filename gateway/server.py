@@ -23,6 +23,7 @@ from granian.http import HTTP1Settings
 
 from gateway import ratelimit
 from gateway.config import GatewayConfig
+from plumbing import tracing
 from plumbing.logs import setup_logging
 
 log = logging.getLogger("gateway")
@@ -82,6 +83,7 @@ def worker_app():
 
     config = GatewayConfig.from_env()
     setup_logging("gateway", config.log.level, config.log.format)
+    tracing.setup_tracing("gateway")
     forget_dead_workers(os.environ[METRICS_DIR_ENV])
     return create_app(config, started_at=float(os.environ[STARTED_AT_ENV]))
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 
+from plumbing import tracing
 from plumbing.config import OrderConfig
 from plumbing.deadlines import MARGIN_S, remaining_s, timeout_for_call
 from plumbing.errors import ShopError, failed_precondition, from_rpc_error, invalid_argument, not_found
@@ -460,6 +461,7 @@ class OrderSaga:
     # took it over) and raises _Unsettled when an upstream's answer is not
     # final.
 
+    @tracing.saga_step("saga.reserve")
     def _reserve_step(self, order: Order, owner: str) -> Order | None:
         """Reserve the stock. Reserved, the order comes back priced and still
         at RESERVING, as stored: the Charge goes next, with no write between."""
@@ -488,6 +490,7 @@ class OrderSaga:
             )
         )
 
+    @tracing.saga_step("saga.charge")
     def _charge_step(self, order: Order, owner: str) -> Order | None:
         """Charge the total; a decline or a refusal is final, and so is a
         capture."""
@@ -525,6 +528,7 @@ class OrderSaga:
         )
         return self._decide(order, owner, RELEASING, FAILED, error, payment_id=payment.id)
 
+    @tracing.saga_step("saga.recover_placing")
     def _recover_placing_step(self, order: Order, owner: str) -> Order | None:
         """A Reserve and a Charge may have been sent by an actor now gone. A
         charge in place completes the order (a charge follows only a
@@ -554,6 +558,7 @@ class OrderSaga:
             )
         return self._decide(order, owner, VOIDING, FAILED, interrupted(order.id))
 
+    @tracing.saga_step("saga.void")
     def _void_step(self, order: Order, owner: str) -> Order | None:
         """The Charge's outcome is unknown: Void settles it for good (any
         capture refunded, any later Charge refused); then release."""
@@ -563,6 +568,7 @@ class OrderSaga:
             raise _Unsettled("payment", from_rpc_error(rpc_error)) from None
         return self._move(order, owner, self._lease_until(), step=RELEASING)
 
+    @tracing.saga_step("saga.release")
     def _release_step(self, order: Order, owner: str) -> Order | None:
         """Give the stock back, then take the decided outcome."""
         self._release_stock(order)
@@ -571,6 +577,7 @@ class OrderSaga:
             log.info("order failed", extra={"order_id": order.id, "outcome": order.outcome})
         return released
 
+    @tracing.saga_step("saga.cancel")
     def _cancel_step(self, order: Order) -> Order:
         """Refund, release the stock, CANCELLED. Any actor may finish a
         cancellation: each call is idempotent and the last move a CAS."""
@@ -597,6 +604,7 @@ class OrderSaga:
         except grpc.RpcError as rpc_error:
             raise _Unsettled("inventory", from_rpc_error(rpc_error)) from None
 
+    @tracing.saga_step("saga.confirm")
     def _confirm(self, order: Order, owner: str, payment_id: str) -> Order | None:
         confirmed = self._move(order, owner, None, status=CONFIRMED, step=AT_REST, payment_id=payment_id)
         if confirmed is not None:
@@ -750,6 +758,7 @@ class OrderSaga:
         stuck = self.store.stuck_orders(now, untouched_since, RECOVERY_BATCH)
         return sum(self._recovery_pool.map(self._recover, stuck))
 
+    @tracing.saga_step("recovery.order")
     def _recover(self, order_id: str) -> bool:
         """Claim one stuck order and settle it; True if this did."""
         owner = self._new_owner()

@@ -8,7 +8,7 @@ import uuid
 
 import grpc
 
-from plumbing import metrics
+from plumbing import metrics, tracing
 from plumbing.deadlines import deadline_from_remaining, deadline_var
 from plumbing.errors import ShopError
 from plumbing.logs import request_id_var
@@ -56,6 +56,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
         request_id = request_id or uuid.uuid4().hex
         rid_token = request_id_var.set(request_id)
         deadline_token = deadline_var.set(deadline_from_remaining(context.time_remaining()))
+        span = None
+        if tracing.enabled:
+            span, span_token = tracing.start_server_span(
+                f"{service}/{method}",
+                dict(context.invocation_metadata()),
+                {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+            )
         metrics.labelled(metrics.server_started, "unary", service, method).inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -94,6 +101,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
                         "duration_ms": round(elapsed * 1000, 2),
                         "peer": context.peer(),
                     },
+                )
+            if span is not None:
+                tracing.end_server_span(
+                    span,
+                    span_token,
+                    error=None if code is grpc.StatusCode.OK else code.name,
+                    **{"rpc.grpc.status_code": code.name},
                 )
             deadline_var.reset(deadline_token)
             request_id_var.reset(rid_token)

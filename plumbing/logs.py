@@ -10,6 +10,8 @@ import logging
 import sys
 import time
 
+from plumbing import tracing
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -43,6 +45,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             line["request_id"] = request_id
+        ids = tracing.current_ids()
+        if ids:
+            line["trace_id"], line["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 line[key] = value
@@ -62,6 +67,9 @@ class TextFormatter(logging.Formatter):
         text = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
         if request_id:
             text += f" request_id={request_id}"
+        ids = tracing.current_ids()
+        if ids:
+            text += f" trace_id={ids[0]} span_id={ids[1]}"
         text += "".join(f" {k}={v}" for k, v in extras.items())
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from plumbing import tracing
 from plumbing.config import ServerConfig
 from plumbing.interceptors import ServerInterceptor
 from plumbing.metrics import start_metrics_server
@@ -105,6 +106,7 @@ def serve(
 
     `background` tasks run in daemon threads and get an event set at shutdown.
     """
+    tracing.setup_tracing(config.name)
     in_group = os.environ.get(PROCESS_INDEX_ENV) is not None
     if not in_group:
         # A process of a group leaves the metrics port to the group's first process.
@@ -136,6 +138,7 @@ def serve(
     time.sleep(config.drain_delay_s)
     server.stop(config.shutdown_grace_s)
     on_stop()
+    tracing.shutdown()
     log.info("stopped")
 
 

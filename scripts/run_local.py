@@ -45,6 +45,7 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
         for n, replica_port in enumerate(ports):
             env = {k: v for k, v in environ.items() if k not in ("METRICS_PORT", "DATABASE_URL", "PROCESSES")}
             env[f"{key}_PORT"] = str(replica_port)
+            env["OTEL_SERVICE_NAME"] = service
             if environ.get(f"{key}_PROCESSES"):
                 env["PROCESSES"] = environ[f"{key}_PROCESSES"]
             env["METRICS_PORT"] = str(metrics + n * REPLICA_PORT_STEP)
@@ -56,6 +57,7 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
         env = {k: v for k, v in environ.items() if k not in ("METRICS_PORT", "DATABASE_URL")}
         env.update(addrs)
         env["GATEWAY_PORT"] = str(gateway_port + n)
+        env["OTEL_SERVICE_NAME"] = "gateway"
         specs.append(ProcessSpec(f"gateway-{n + 1}", "gateway", env, gateway_port + n, None))
     for spec in specs:
         for service in SERVICES:
