@@ -52,6 +52,13 @@ class ShopError(Exception):
         return rpc_status.to_status(proto)
 
 
+class DatabaseUnavailable(ShopError):
+    """The service's own database did not answer for now (unreachable,
+    restarting, crashed, locked past its timeout): UNAVAILABLE, a condition
+    to retry, never INTERNAL. plumbing.db raises it; the order saga names
+    the order it hit."""
+
+
 def _pack(message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
