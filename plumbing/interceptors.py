@@ -2,6 +2,7 @@
 log line and go-grpc-prometheus metrics per RPC, and ShopError -> status."""
 
 import logging
+import threading
 import time
 import uuid
 
@@ -14,13 +15,28 @@ from plumbing.logs import request_id_var
 
 log = logging.getLogger("plumbing.rpc")
 
+
+def _not_ready() -> ShopError:
+    return ShopError(
+        grpc.StatusCode.UNAVAILABLE,
+        "the service is starting: it is waiting for its database; retry shortly",
+        "UNAVAILABLE",
+        {"cause": "database"},
+    )
+
+
 # Health checks come every few seconds from every probe; they are counted in
 # metrics but not logged.
 _QUIET_SERVICES = {"grpc.health.v1.Health"}
 
 
 class ServerInterceptor(grpc.ServerInterceptor):
-    def __init__(self):
+    """`ready`, when given: until it is set (the database prepared), calls
+    but health checks answer UNAVAILABLE instead of reaching a store
+    without its tables."""
+
+    def __init__(self, ready: threading.Event | None = None):
+        self._ready = ready
         # method -> (the service's handler, the observed handler wrapping it):
         # wrapped once per method, not once per call.
         self._observed: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -59,6 +75,8 @@ class ServerInterceptor(grpc.ServerInterceptor):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if self._ready is not None and not self._ready.is_set() and service not in _QUIET_SERVICES:
+                raise _not_ready()
             response = behavior(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response

@@ -1,6 +1,7 @@
 """The server bootstrap every gRPC service uses: health, reflection, the
 interceptor, a bounded thread pool, the metrics port and a graceful SIGTERM
-drain (health NOT_SERVING -> drain delay -> server.stop(grace))."""
+drain (health NOT_SERVING -> drain delay -> server.stop(grace)); readiness
+(see plumbing.health) follows the service's database."""
 
 import logging
 import signal
@@ -11,12 +12,14 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from plumbing.config import ServerConfig
+from plumbing.health import SHUTTING_DOWN, HealthServicer
 from plumbing.interceptors import ServerInterceptor
 from plumbing.metrics import start_metrics_server
+from plumbing.readiness import WAITING_FOR_DATABASE, DatabaseReadiness
 
 log = logging.getLogger("plumbing.server")
 
@@ -31,7 +34,11 @@ class Service:
 
 
 class ShopServer:
-    """A started gRPC server with health and reflection for its services."""
+    """A started gRPC server with health and reflection for its services.
+
+    With `ready` (set once its database is prepared), the services start
+    NOT_SERVING, and every call but health checks answers UNAVAILABLE until
+    it is set."""
 
     def __init__(
         self,
@@ -41,12 +48,14 @@ class ShopServer:
         max_concurrent_rpcs: int | None = None,
         max_connection_age_s: float = 30.0,
         host: str = "[::]",
+        ready: threading.Event | None = None,
     ):
         self.services = services
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.ready = ready
+        self.health = HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-            interceptors=[ServerInterceptor()],
+            interceptors=[ServerInterceptor(ready)],
             # Overload answers RESOURCE_EXHAUSTED instead of an unbounded queue.
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[
@@ -71,12 +80,22 @@ class ShopServer:
 
     def start(self) -> "ShopServer":
         self.server.start()
-        for name in ["", *(s.name for s in self.services)]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        ready = self.ready is None or self.ready.is_set()
+        self.set_serving(ready, "" if ready else WAITING_FOR_DATABASE)
         return self
+
+    def set_serving(self, serving: bool, reason: str = "") -> None:
+        """Readiness: every service SERVING, or NOT_SERVING for `reason`.
+        "" (liveness) is left as it is; after begin_shutdown nothing changes."""
+        self.health.reason = "" if serving else reason
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in self.services:
+            self.health.set(service.name, status)
 
     def begin_shutdown(self) -> None:
         """Health turns NOT_SERVING for every service; calls still run."""
+        self.health.reason = SHUTTING_DOWN
         self.health.enter_graceful_shutdown()
 
     def stop(self, grace_s: float) -> None:
@@ -90,10 +109,14 @@ def serve(
     services: list[Service],
     background: list[Callable[[threading.Event], None]] = (),
     on_stop: Callable[[], None] = lambda: None,
+    database: DatabaseReadiness | None = None,
 ) -> None:
     """Run a service process until SIGTERM or SIGINT, then drain and stop.
 
-    `background` tasks run in daemon threads and get an event set at shutdown.
+    With a `database`, the services serve NOT_SERVING until it is prepared
+    (however long that takes), and readiness follows it from then on.
+    `background` tasks run in daemon threads, once the database is prepared,
+    and get an event set at shutdown.
     """
     start_metrics_server(config.metrics_port)
     server = ShopServer(
@@ -102,10 +125,9 @@ def serve(
         workers=config.workers,
         max_concurrent_rpcs=config.max_concurrent_rpcs,
         max_connection_age_s=config.max_connection_age_s,
+        ready=database.prepared if database else None,
     ).start()
     stopping = threading.Event()
-    for task in background:
-        threading.Thread(target=task, args=(stopping,), name=task.__name__, daemon=True).start()
 
     def on_signal(signum, _frame):
         log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
@@ -113,10 +135,25 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info(
-        "serving",
-        extra={"port": server.port, "metrics_port": config.metrics_port, "services": [s.name for s in services]},
-    )
+    try:
+        prepared = database is None or database.wait_until_prepared(stopping)
+    except BaseException:
+        server.stop(0)  # a migration that cannot succeed: exit, saying why
+        raise
+    if prepared:
+        if database is not None:
+            server.set_serving(True)
+
+            def watch_database(stopping: threading.Event) -> None:
+                database.watch(stopping, server.set_serving)
+
+            background = [*background, watch_database]
+        for task in background:
+            threading.Thread(target=task, args=(stopping,), name=task.__name__, daemon=True).start()
+        log.info(
+            "serving",
+            extra={"port": server.port, "metrics_port": config.metrics_port, "services": [s.name for s in services]},
+        )
     stopping.wait()
     server.begin_shutdown()
     time.sleep(config.drain_delay_s)

@@ -73,7 +73,9 @@ def run_inventory(database_url: str, port: int = 0, wrap: Callable = lambda serv
     from shop.inventory.v1 import inventory_pb2_grpc
 
     engine = db.open_engine(database_url)
-    servicer = wrap(InventoryServicer(InventoryStore(engine)))
+    store = InventoryStore(engine)
+    store.migrate()
+    servicer = wrap(InventoryServicer(store))
     return start(Service(SERVICE_NAME, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server), engine, port)
 
 
@@ -83,7 +85,9 @@ def run_payment(database_url: str, port: int = 0, wrap: Callable = lambda servic
     from shop.payment.v1 import payment_pb2_grpc
 
     engine = db.open_engine(database_url)
-    servicer = wrap(PaymentServicer(PaymentStore(engine)))
+    store = PaymentStore(engine)
+    store.migrate()
+    servicer = wrap(PaymentServicer(store))
     return start(Service(SERVICE_NAME, servicer, payment_pb2_grpc.add_PaymentServiceServicer_to_server), engine, port)
 
 
@@ -101,7 +105,9 @@ def run_order(
 
     config = OrderConfig(inventory_addr=inventory_addr, payment_addr=payment_addr, **settings)
     engine = db.open_engine(database_url)
-    saga, upstream_channels = build_saga(config, OrderStore(engine))
+    store = OrderStore(engine)
+    store.migrate()
+    saga, upstream_channels = build_saga(config, store)
     servicer = OrderServicer(saga)
     running = start(Service(SERVICE_NAME, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server), engine, port)
     running.upstream_channels = upstream_channels
