@@ -77,6 +77,8 @@ def unavailable(error: BaseException) -> DatabaseUnavailable | None:
     """What a transient database failure answers (UNAVAILABLE; DEADLINE_EXCEEDED
     for a statement cut off at the caller's deadline), or None when `error`
     is not one (a bug, a constraint: INTERNAL is right for those)."""
+    if isinstance(error, DatabaseUnavailable):
+        return error
     orig = error.orig if isinstance(error, sa.exc.DBAPIError) else error
     if isinstance(orig, psycopg.Error):
         sqlstate = orig.sqlstate
@@ -95,7 +97,7 @@ def unavailable(error: BaseException) -> DatabaseUnavailable | None:
             or sqlstate in _TRANSIENT_SQLSTATES
         ):
             return _database_away()
-    if isinstance(orig, sqlite3.OperationalError) and (orig.sqlite_errorcode & 0xFF) in _SQLITE_LOCK_CODES:
+    if isinstance(orig, sqlite3.OperationalError) and (getattr(orig, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_LOCK_CODES:
         return _database_locked()
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
         return _database_away()

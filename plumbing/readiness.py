@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from sqlalchemy.engine import Engine
 
 from plumbing import db
+from plumbing.errors import DatabaseUnavailable
 
 log = logging.getLogger("plumbing.readiness")
 
@@ -62,9 +63,7 @@ class DatabaseReadiness:
             attempt += 1
             try:
                 self.prepare()
-            except Exception as error:
-                if db.unavailable(error) is None:
-                    raise
+            except DatabaseUnavailable as error:
                 delay = next(delays)
                 log.warning(
                     "database not ready; retrying",
