@@ -205,9 +205,25 @@ def test_backend_down_is_503_unavailable(backends):
     assert "127.0.0.1" not in error["message"]
 
 
-def test_backend_refusing_with_unavailable_is_503(client, orders):
+def test_backend_refusing_with_unavailable_is_503_with_retry_after(client, orders):
     orders.fail_with = ShopError(grpc.StatusCode.UNAVAILABLE, "draining")
-    assert_error(client.get("/orders/ord_1"), 503, "UNAVAILABLE", "UNAVAILABLE")
+    response = client.get("/orders/ord_1")
+    assert_error(response, 503, "UNAVAILABLE", "UNAVAILABLE")
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_a_backend_whose_database_is_away_is_503_with_retry_after_and_its_message(client, orders):
+    orders.fail_with = ShopError(
+        grpc.StatusCode.UNAVAILABLE,
+        "order database is unavailable; order ord_9 is stored, and will be completed or compensated shortly",
+        "UNAVAILABLE",
+        {"order_id": "ord_9", "service": "order database"},
+    )
+    response = client.post("/orders", json={"customer_id": "C1", "items": [{"product_id": "P001", "quantity": 1}]})
+    error = assert_error(response, 503, "UNAVAILABLE", "UNAVAILABLE")
+    assert response.headers["Retry-After"] == "1"
+    assert detail_of(error, "google.rpc.ErrorInfo")["metadata"]["order_id"] == "ord_9"
+    assert "ord_9" in error["message"]
 
 
 def test_backend_slower_than_the_deadline_is_504(backends):
