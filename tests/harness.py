@@ -4,13 +4,14 @@ Composition mirrors each service's __main__ (store -> servicer -> server),
 so what is tested is what runs.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -284,6 +285,28 @@ class OrderShop:
             running.stop()
         for running in (self.payment, self.inventory):
             running.stop()  # harmless if the test stopped it already
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def write_lock_held_by_another_process(path: str) -> Iterator[None]:
+    """Another process holds SQLite's write lock on the file at `path`."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WRITE_LOCK, path], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
 
 
 def eventually(check: Callable, timeout_s: float = 20, what: str = "the condition"):

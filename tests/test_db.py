@@ -3,8 +3,6 @@ a database that is away (locked, down, restarting) answering
 DatabaseUnavailable, and no wait on it outliving the caller's deadline."""
 
 import contextlib
-import subprocess
-import sys
 import threading
 
 import grpc
@@ -14,6 +12,7 @@ import sqlalchemy as sa
 
 from plumbing import db, deadlines
 from plumbing.errors import DatabaseUnavailable
+from tests import harness
 
 metadata = sa.MetaData()
 counters = sa.Table(
@@ -113,29 +112,8 @@ def serving_a_call_with(timeout_s: float):
         deadlines.deadline_var.reset(token)
 
 
-HOLD_WRITE_LOCK = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-time.sleep(600)
-"""
-
-
-@contextlib.contextmanager
-def write_lock_held_by_another_process(path: str):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, path], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout.readline() == b"locked\n"
-        yield
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
-
-
 def test_a_write_waiting_past_its_deadline_for_another_process_s_lock_is_unavailable(engine, tmp_path):
-    with write_lock_held_by_another_process(f"{tmp_path}/db.sqlite"):
+    with harness.write_lock_held_by_another_process(f"{tmp_path}/db.sqlite"):
         with serving_a_call_with(0.5), pytest.raises(DatabaseUnavailable) as raised:
             with db.write(engine) as conn:
                 conn.execute(counters.insert().values(name="n", value=1))

@@ -12,6 +12,7 @@ from gateway.transcoding import route_table
 from gateway.upstreams import SERVICES
 from plumbing.config import UpstreamConfig
 from plumbing.errors import ShopError, failed_precondition
+from tests import harness
 from tests.test_gateway_support import (
     admin_headers,
     assert_error,
@@ -224,6 +225,20 @@ def test_a_backend_whose_database_is_away_is_503_with_retry_after_and_its_messag
     assert response.headers["Retry-After"] == "1"
     assert detail_of(error, "google.rpc.ErrorInfo")["metadata"]["order_id"] == "ord_9"
     assert "ord_9" in error["message"]
+
+
+def test_a_write_locked_by_another_process_past_the_deadline_is_503_not_500(backends, sqlite_url):
+    # The inventory's own SQLite file, held by a process outside the shop.
+    path = sqlite_url("inventory").removeprefix("sqlite:///")
+    upstreams = UpstreamConfig(backends.inventory, backends.payment, backends.order, timeout_s=1.5)
+    client = make_client(backends, upstreams=upstreams)
+    adjustment = {"delta": 5, "reason": "restock"}
+    with harness.write_lock_held_by_another_process(path):
+        response = client.post("/inventory/P001/adjustments", json=adjustment, headers=admin_headers())
+    error = assert_error(response, 503, "UNAVAILABLE", "UNAVAILABLE")
+    assert response.headers["Retry-After"] == "1"
+    assert "locked" in error["message"]
+    assert client.post("/inventory/P001/adjustments", json=adjustment, headers=admin_headers()).status_code == 200
 
 
 def test_backend_slower_than_the_deadline_is_504(backends):
