@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Connection, Engine
 
 from plumbing.deadlines import MARGIN_S, deadline_from_remaining, deadline_var, remaining_s
-from plumbing.errors import DatabaseUnavailable
+from plumbing.errors import DatabaseUnavailable, database_unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Connecting to PostgreSQL when the caller's deadline allows longer (libpq
@@ -83,11 +83,8 @@ def unavailable(error: BaseException) -> DatabaseUnavailable | None:
     if isinstance(orig, psycopg.Error):
         sqlstate = orig.sqlstate
         if sqlstate == _QUERY_CANCELED:
-            return DatabaseUnavailable(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "the service's database did not answer within the call's deadline",
-                "DEADLINE_EXCEEDED",
-                {"cause": "database"},
+            return database_unavailable(
+                "the service's database did not answer within the call's deadline", grpc.StatusCode.DEADLINE_EXCEEDED
             )
         # Without a SQLSTATE: the client's side of a failed connection
         # (refused, reset, closed, timed out, "starting up", "shutting down").
@@ -114,20 +111,12 @@ def describe(error: BaseException) -> str:
 
 
 def _database_away() -> DatabaseUnavailable:
-    return DatabaseUnavailable(
-        grpc.StatusCode.UNAVAILABLE,
-        "the service's database is unreachable or restarting; retry shortly",
-        "UNAVAILABLE",
-        {"cause": "database"},
-    )
+    return database_unavailable("the service's database is unreachable or restarting; retry shortly")
 
 
 def _database_locked() -> DatabaseUnavailable:
-    return DatabaseUnavailable(
-        grpc.StatusCode.UNAVAILABLE,
-        "the service's database is locked by another writer for longer than this call could wait; retry shortly",
-        "UNAVAILABLE",
-        {"cause": "database"},
+    return database_unavailable(
+        "the service's database is locked by another writer for longer than this call could wait; retry shortly"
     )
 
 

@@ -59,6 +59,12 @@ class DatabaseUnavailable(ShopError):
     the order it hit."""
 
 
+def database_unavailable(message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> DatabaseUnavailable:
+    """`message` tells the caller what to expect; the driver's own text (it
+    names hosts and ports) is for the log alone."""
+    return DatabaseUnavailable(code, message, code.name, {"cause": "database"})
+
+
 def _pack(message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)

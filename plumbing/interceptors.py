@@ -10,19 +10,14 @@ import grpc
 
 from plumbing import metrics
 from plumbing.deadlines import deadline_from_remaining, deadline_var
-from plumbing.errors import ShopError
+from plumbing.errors import ShopError, database_unavailable
 from plumbing.logs import request_id_var
 
 log = logging.getLogger("plumbing.rpc")
 
 
 def _not_ready() -> ShopError:
-    return ShopError(
-        grpc.StatusCode.UNAVAILABLE,
-        "the service is starting: it is waiting for its database; retry shortly",
-        "UNAVAILABLE",
-        {"cause": "database"},
-    )
+    return database_unavailable("the service is starting: it is waiting for its database; retry shortly")
 
 
 # Health checks come every few seconds from every probe; they are counted in

@@ -22,11 +22,10 @@ from plumbing.readiness import WAITING_FOR_DATABASE
 from scripts.run_local import SERVICES
 from scripts.stack import SERVICE_NAMES, Stack, http, plan_stack
 from tests import harness
+from tests.test_replicas_e2e import ADMIN, put_product
 
 pytestmark = pytest.mark.e2e
 
-ADMIN_TOKEN = "database-outage-e2e-admin-token-0123456789"
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 PRODUCT, STOCK = "P_OUTAGE", 1_000_000
 
 
@@ -37,7 +36,7 @@ def outage_stack(private_postgres, log_dir: str, replicas: int) -> tuple[Stack, 
         **{f"{service.upper()}_DATABASE_URL": url for service, url in urls.items()},
         "GATEWAY_WORKERS": "1",
         "RATE_LIMIT": "1000000/minute",
-        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "ADMIN_TOKEN": ADMIN["Authorization"].removeprefix("Bearer "),
         "GRPC_WORKERS": "8",
         "RECOVERY_INTERVAL_S": "1",
         "LOG_LEVEL": "INFO",
@@ -197,13 +196,7 @@ def test_a_database_restart_and_crash_mid_load_give_503s_and_every_order_settles
     stack.start()
     try:
         gateway = stack.gateway_urls()[0]
-        status, _, body = http(
-            "PUT",
-            f"{gateway}/inventory/{PRODUCT}",
-            {"name": "Outage edition", "price_cents": 700, "currency": "USD", "available": STOCK},
-            headers=ADMIN,
-        )
-        assert status == 200, body
+        put_product(gateway, PRODUCT, STOCK)
         with Customers(gateway, count=4) as customers:
             time.sleep(2)
             private_postgres.restart()  # pg_ctl restart -m fast: every session terminated
