@@ -3,8 +3,9 @@ port), so that a test may restart it, crash it and start it again without
 touching the server other tests share.
 
 initdb and the server refuse to run as root: as root, the cluster runs as
-the `postgres` user (else `nobody`), which owns the temp dir. Without the
-binaries a test skips, or fails under REQUIRE_POSTGRES=1 (as CI sets).
+the `postgres` user (else `nobody`, through setpriv), which owns the temp
+dir. Without the binaries a test skips, or fails under REQUIRE_POSTGRES=1
+(as CI sets).
 """
 
 import glob
@@ -41,10 +42,14 @@ def _version_key(path: str) -> tuple:
 def require_bin_dir() -> str:
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL required but initdb/pg_ctl were not found")
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
+        _unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found")
     return bin_dir
+
+
+def _unavailable(why: str):
+    if os.environ.get("REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL required: {why}")
+    pytest.skip(why)
 
 
 def free_port() -> int:
@@ -67,8 +72,8 @@ class PrivatePostgres:
         user = None
         if os.geteuid() == 0:
             user = next((name for name in ("postgres", "nobody") if _user_exists(name)), None)
-            if user is None:
-                pytest.skip("running as root with no unprivileged user for PostgreSQL")
+            if user is None or shutil.which("setpriv") is None:
+                _unavailable("running as root, PostgreSQL needs an unprivileged user and setpriv (util-linux)")
         # Not under pytest's tmp_path: its parents are private to root.
         base = tempfile.mkdtemp(prefix="shop-pg-")
         if user is not None:
@@ -144,17 +149,19 @@ class PrivatePostgres:
         return self._run("pg_ctl", "-D", self.data_dir, "status").returncode
 
     def _run(self, program: str, *args: str) -> subprocess.CompletedProcess:
-        as_user = {}
+        command = [os.path.join(self.bin_dir, program), *args]
         if self.user is not None:
+            # setpriv, not subprocess's user=: changing user makes subprocess
+            # fork() instead of vfork(), and gRPC's fork handlers in a test
+            # process with calls in flight crash the child.
             entry = pwd.getpwnam(self.user)
-            as_user = dict(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+            command = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", *command]
         return subprocess.run(
-            [os.path.join(self.bin_dir, program), *args],
+            command,
             cwd=self.base_dir if os.path.isdir(self.base_dir) else "/",
             capture_output=True,
             text=True,
             timeout=120,
-            **as_user,
         )
 
 
