@@ -307,7 +307,9 @@ def _add_operations_routes(app: Flask, gateway: Gateway) -> None:
             "backends": {report.backend.name: report.to_json() for report in reports},
         }
         if status != "SERVING":
-            down = ", ".join(r.backend.name for r in reports if r.status != "SERVING")
+            down = ", ".join(
+                f"{r.backend.name} ({r.detail})" if r.detail else r.backend.name for r in reports if r.status != "SERVING"
+            )
             error = gateway_error(grpc.StatusCode.UNAVAILABLE, f"not ready: {down} not serving", "NOT_READY")
             body.update(error.body(g.request_id))
             return _json_response(body, 503)

@@ -103,7 +103,11 @@ def _seed(conn: Connection) -> None:
 class InventoryStore:
     def __init__(self, engine: Engine, seed: bool = True):
         self.engine = engine
-        db.migrate(engine, metadata, MIGRATIONS, seed=_seed if seed else None)
+        self.seed = seed
+
+    def migrate(self) -> None:
+        """The schema, and the seed catalog into an empty database."""
+        db.migrate(self.engine, metadata, MIGRATIONS, seed=_seed if self.seed else None)
 
     # Catalog
 

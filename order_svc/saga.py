@@ -50,7 +50,14 @@ import grpc
 from plumbing import tracing
 from plumbing.config import OrderConfig
 from plumbing.deadlines import MARGIN_S, remaining_s, timeout_for_call
-from plumbing.errors import ShopError, failed_precondition, from_rpc_error, invalid_argument, not_found
+from plumbing.errors import (
+    DatabaseUnavailable,
+    ShopError,
+    failed_precondition,
+    from_rpc_error,
+    invalid_argument,
+    not_found,
+)
 from plumbing.logs import request_id_var
 from plumbing.timestamps import utc_now
 from plumbing.validation import Violations
@@ -305,6 +312,12 @@ def upstream_unavailable(service: str, error: ShopError, order_id: str, conseque
 # unknown outcome (it fails; the background or recovery makes that true).
 RESERVE_UNSETTLED = "failed: nothing was charged and any stock held for it is returned"
 CHARGE_UNSETTLED = "failed: any charge is voided and its stock returned"
+# ... and when this service's own database failed it.
+ORDER_DATABASE = "order database"
+NOT_PLACED = "was not placed: nothing was reserved or charged"
+STORED = "is stored, and will be completed or compensated shortly"
+OUTCOME_UNREAD = "was placed with this idempotency key; its outcome cannot be read now"
+NOT_CANCELLED_YET = "is not cancelled yet; repeating the cancellation is harmless"
 
 
 def payment_declined(order_id: str, payment) -> ShopError:
@@ -367,7 +380,11 @@ class OrderSaga:
     # Reads
 
     def get_order(self, order_id: str) -> Order:
-        order = self.store.get(order_id)
+        try:
+            order = self.store.get(order_id)
+        except DatabaseUnavailable as error:
+            error.with_metadata(order_id=order_id)
+            raise
         if order is None:
             raise not_found("order", order_id)
         return order
@@ -397,18 +414,30 @@ class OrderSaga:
             items=tuple(OrderItem(p, q) for p, q in request.items),
             payment_method=request.payment_method,
         )
-        # The lease covers the Reserve and the Charge.
-        stored = self.store.create(
-            order, request.idempotency_key, request.fingerprint(), owner, self._lease_until(calls=2)
-        )
+        try:
+            # The lease covers the Reserve and the Charge.
+            stored = self.store.create(
+                order, request.idempotency_key, request.fingerprint(), owner, self._lease_until(calls=2)
+            )
+        except DatabaseUnavailable as error:
+            # Stored after all (only its commit's answer was lost), it is
+            # failed by recovery, having reserved and charged nothing.
+            raise upstream_unavailable(ORDER_DATABASE, error, order.id, NOT_PLACED) from None
         if stored is None:
             # A retry, or a concurrent duplicate, stored its order first.
-            existing = self.store.find_by_idempotency_key(request.customer_id, request.idempotency_key)
-            return self._replay(*existing, request)
+            existing, fingerprint = self.store.find_by_idempotency_key(request.customer_id, request.idempotency_key)
+            try:
+                return self._replay(existing, fingerprint, request)
+            except DatabaseUnavailable as error:
+                raise upstream_unavailable(ORDER_DATABASE, error, existing.id, OUTCOME_UNREAD) from None
         # DEBUG: the RPC's own line and the outcome's line tell the story.
         log.debug("order stored", extra={"order_id": stored.id, "customer_id": stored.customer_id})
         try:
             return self._run(stored, owner)
+        except DatabaseUnavailable as error:
+            # Its lease will lapse, so recovery completes or compensates it,
+            # as it does an order whose upstream went away.
+            raise upstream_unavailable(ORDER_DATABASE, error, stored.id, STORED) from None
         except ShopError:
             raise
         except Exception as error:
@@ -676,6 +705,13 @@ class OrderSaga:
 
     def cancel_order(self, order_id: str) -> Order:
         """Refund, release the stock, CANCELLED. Repeating it is harmless."""
+        try:
+            return self._cancel(order_id)
+        except DatabaseUnavailable as error:
+            # A cancellation cut off midway is finished by recovery.
+            raise upstream_unavailable(ORDER_DATABASE, error, order_id, NOT_CANCELLED_YET) from None
+
+    def _cancel(self, order_id: str) -> Order:
         order = self.get_order(order_id)
         if order.status == CANCELLED:
             return order
@@ -696,11 +732,11 @@ class OrderSaga:
         cancelling = self.store.begin_cancel(order_id, owner, self._lease_until(calls=2))
         if cancelling is None:
             # Cancelled meanwhile by a concurrent cancel: look again.
-            return self.cancel_order(order_id)
+            return self._cancel(order_id)
         try:
             return self._cancel_step(cancelling)
         except _Unsettled as unsettled:
-            self.store.release_lease(order_id, owner)
+            self._give_up_lease(order_id, owner)
             raise upstream_unavailable(
                 unsettled.service, unsettled.error, order_id, "is still CONFIRMED; its cancellation completes when it answers"
             ) from None
@@ -733,7 +769,9 @@ class OrderSaga:
                 self._settle(self.store.get(order_id), owner)
             except _Unsettled as unsettled:
                 log.warning("order left for recovery", extra={"order_id": order_id, "cause": str(unsettled)})
-                self.store.release_lease(order_id, owner)
+                self._give_up_lease(order_id, owner)
+            except DatabaseUnavailable as error:
+                log.warning("order left for recovery", extra={"order_id": order_id, "cause": str(error)})
             except ShopError as error:
                 log.warning("settling order refused", extra={"order_id": order_id, "cause": str(error)})
             except Exception:
@@ -775,12 +813,14 @@ class OrderSaga:
             return True
         except _Unsettled as unsettled:
             log.warning("order still unsettled", extra={"order_id": order_id, "cause": str(unsettled)})
-            self.store.release_lease(order_id, owner)
+            self._give_up_lease(order_id, owner)
+        except DatabaseUnavailable as error:
+            log.warning("order still unsettled", extra={"order_id": order_id, "cause": str(error)})
         except ShopError as error:
             log.warning("recovering order refused", extra={"order_id": order_id, "cause": str(error)})
         except Exception:
             log.exception("recovering order failed", extra={"order_id": order_id})
-            self.store.release_lease(order_id, owner)
+            self._give_up_lease(order_id, owner)
         finally:
             request_id_var.reset(token)
         return False
@@ -792,9 +832,11 @@ class OrderSaga:
             backlog = False
             try:
                 backlog = self.recover_stuck_orders() >= RECOVERY_BATCH
+            except DatabaseUnavailable as error:
+                # The next pass tries again.
+                log.warning("recovery pass postponed", extra={"cause": str(error)})
             except Exception:
                 if not self._closed.is_set():
-                    # The database itself may be away; the next pass tries again.
                     log.exception("recovery pass failed")
             if not backlog:
                 stopping.wait(self.config.recovery_interval_s)
@@ -810,6 +852,14 @@ class OrderSaga:
         self._recovery_pool.shutdown(wait=True, cancel_futures=True)
 
     # Leases
+
+    def _give_up_lease(self, order_id: str, owner: str) -> None:
+        """Let recovery take the order up at once (with the database away,
+        it waits for the lease to lapse instead)."""
+        try:
+            self.store.release_lease(order_id, owner)
+        except DatabaseUnavailable:
+            pass
 
     def _new_owner(self) -> str:
         """A lease owner token: one per actor (a request, a recovery claim),

@@ -151,7 +151,9 @@ def _order(row, items: list) -> Order:
 class OrderStore:
     def __init__(self, engine: Engine):
         self.engine = engine
-        db.migrate(engine, metadata, MIGRATIONS)
+
+    def migrate(self) -> None:
+        db.migrate(self.engine, metadata, MIGRATIONS)
 
     # Placing
 

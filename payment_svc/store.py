@@ -105,7 +105,9 @@ def order_voided(order_id: str) -> ShopError:
 class PaymentStore:
     def __init__(self, engine: Engine):
         self.engine = engine
-        db.migrate(engine, metadata, MIGRATIONS)
+
+    def migrate(self) -> None:
+        db.migrate(self.engine, metadata, MIGRATIONS)
 
     # Payment methods
 

@@ -3,6 +3,7 @@ line per RPC (DEBUG when it went well), go-grpc-prometheus metrics, and
 ShopError -> status."""
 
 import logging
+import threading
 import time
 import uuid
 
@@ -10,10 +11,15 @@ import grpc
 
 from plumbing import metrics, tracing
 from plumbing.deadlines import deadline_from_remaining, deadline_var
-from plumbing.errors import ShopError
+from plumbing.errors import ShopError, database_unavailable
 from plumbing.logs import request_id_var
 
 log = logging.getLogger("plumbing.rpc")
+
+
+def _not_ready() -> ShopError:
+    return database_unavailable("the service is starting: it is waiting for its database; retry shortly")
+
 
 # Health checks come every few seconds from every probe: counted in metrics,
 # never logged.
@@ -21,7 +27,12 @@ _QUIET_SERVICES = {"grpc.health.v1.Health"}
 
 
 class ServerInterceptor(grpc.ServerInterceptor):
-    def __init__(self):
+    """`ready`, when given: until it is set (the database prepared), calls
+    but health checks answer UNAVAILABLE instead of reaching a store
+    without its tables."""
+
+    def __init__(self, ready: threading.Event | None = None):
+        self._ready = ready
         # method -> (the service's handler, the observed handler wrapping it):
         # wrapped once per method, not once per call.
         self._observed: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -67,6 +78,8 @@ class ServerInterceptor(grpc.ServerInterceptor):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if self._ready is not None and not self._ready.is_set() and service not in _QUIET_SERVICES:
+                raise _not_ready()
             response = behavior(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response

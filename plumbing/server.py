@@ -1,7 +1,8 @@
 """The server bootstrap every gRPC service uses: health, reflection, the
 interceptor, a bounded thread pool, the metrics port and a graceful SIGTERM
-drain (health NOT_SERVING -> drain delay -> server.stop(grace)); and, with
-PROCESSES > 1, several processes of the service serving one port."""
+drain (health NOT_SERVING -> drain delay -> server.stop(grace)); readiness
+(see plumbing.health) follows the service's database; and, with PROCESSES >
+1, several processes of the service serve one port."""
 
 import logging
 import os
@@ -17,13 +18,15 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from plumbing import tracing
 from plumbing.config import ServerConfig
+from plumbing.health import SHUTTING_DOWN, HealthServicer
 from plumbing.interceptors import ServerInterceptor
 from plumbing.metrics import start_metrics_server
+from plumbing.readiness import WAITING_FOR_DATABASE, DatabaseReadiness
 
 log = logging.getLogger("plumbing.server")
 
@@ -38,7 +41,11 @@ class Service:
 
 
 class ShopServer:
-    """A started gRPC server with health and reflection for its services."""
+    """A started gRPC server with health and reflection for its services.
+
+    With `ready` (set once its database is prepared), the services start
+    NOT_SERVING, and every call but health checks answers UNAVAILABLE until
+    it is set."""
 
     def __init__(
         self,
@@ -49,12 +56,14 @@ class ShopServer:
         max_connection_age_s: float = 30.0,
         host: str = "[::]",
         share_port: bool = False,
+        ready: threading.Event | None = None,
     ):
         self.services = services
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.ready = ready
+        self.health = HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-            interceptors=[ServerInterceptor()],
+            interceptors=[ServerInterceptor(ready)],
             # Overload answers RESOURCE_EXHAUSTED instead of an unbounded queue.
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[
@@ -82,12 +91,22 @@ class ShopServer:
 
     def start(self) -> "ShopServer":
         self.server.start()
-        for name in ["", *(s.name for s in self.services)]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        ready = self.ready is None or self.ready.is_set()
+        self.set_serving(ready, "" if ready else WAITING_FOR_DATABASE)
         return self
+
+    def set_serving(self, serving: bool, reason: str = "") -> None:
+        """Readiness: every service SERVING, or NOT_SERVING for `reason`.
+        "" (liveness) is left as it is; after begin_shutdown nothing changes."""
+        self.health.reason = "" if serving else reason
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in self.services:
+            self.health.set(service.name, status)
 
     def begin_shutdown(self) -> None:
         """Health turns NOT_SERVING for every service; calls still run."""
+        self.health.reason = SHUTTING_DOWN
         self.health.enter_graceful_shutdown()
 
     def stop(self, grace_s: float) -> None:
@@ -101,10 +120,14 @@ def serve(
     services: list[Service],
     background: list[Callable[[threading.Event], None]] = (),
     on_stop: Callable[[], None] = lambda: None,
+    database: DatabaseReadiness | None = None,
 ) -> None:
     """Run a service process until SIGTERM or SIGINT, then drain and stop.
 
-    `background` tasks run in daemon threads and get an event set at shutdown.
+    With a `database`, the services serve NOT_SERVING until it is prepared
+    (however long that takes), and readiness follows it from then on.
+    `background` tasks run in daemon threads, once the database is prepared,
+    and get an event set at shutdown.
     """
     tracing.setup_tracing(config.name)
     in_group = os.environ.get(PROCESS_INDEX_ENV) is not None
@@ -118,10 +141,9 @@ def serve(
         max_concurrent_rpcs=config.max_concurrent_rpcs,
         max_connection_age_s=config.max_connection_age_s,
         share_port=in_group,
+        ready=database.prepared if database else None,
     ).start()
     stopping = threading.Event()
-    for task in background:
-        threading.Thread(target=task, args=(stopping,), name=task.__name__, daemon=True).start()
 
     def on_signal(signum, _frame):
         log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
@@ -129,10 +151,25 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info(
-        "serving",
-        extra={"port": server.port, "metrics_port": config.metrics_port, "services": [s.name for s in services]},
-    )
+    try:
+        prepared = database is None or database.wait_until_prepared(stopping)
+    except BaseException:
+        server.stop(0)  # a migration that cannot succeed: exit, saying why
+        raise
+    if prepared:
+        if database is not None:
+            server.set_serving(True)
+
+            def watch_database(stopping: threading.Event) -> None:
+                database.watch(stopping, server.set_serving)
+
+            background = [*background, watch_database]
+        for task in background:
+            threading.Thread(target=task, args=(stopping,), name=task.__name__, daemon=True).start()
+        log.info(
+            "serving",
+            extra={"port": server.port, "metrics_port": config.metrics_port, "services": [s.name for s in services]},
+        )
     stopping.wait()
     server.begin_shutdown()
     time.sleep(config.drain_delay_s)

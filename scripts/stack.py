@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.upstreams import SERVICES
 from scripts import run_local
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each service process's module, and the health name of its readiness.
+SERVICE_NAMES = {f"{name}_svc": service.full_name for name, service in SERVICES.items()}
 
 
 def _free(port: int) -> bool:
@@ -49,14 +52,19 @@ class Stack:
         return [(s, p) for s, p in self.procs if s.module == module]
 
     def start(self) -> "Stack":
-        for spec in self.specs:
-            spec.env.setdefault("LOG_LEVEL", "WARNING")
-            self.procs.append((spec, self._spawn(spec)))
+        self.launch()
         try:
             self.wait_ready()
         except BaseException:
             self.stop()
             raise
+        return self
+
+    def launch(self) -> "Stack":
+        """Start every process without waiting for any to be ready."""
+        for spec in self.specs:
+            spec.env.setdefault("LOG_LEVEL", "WARNING")
+            self.procs.append((spec, self._spawn(spec)))
         return self
 
     def restart(self, spec) -> None:
@@ -93,7 +101,9 @@ class Stack:
                 return False
         with grpc.insecure_channel(f"127.0.0.1:{spec.port}") as channel:
             try:
-                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                # The service's own name: "" is only the process being alive.
+                request = health_pb2.HealthCheckRequest(service=SERVICE_NAMES[spec.module])
+                status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1).status
                 return status == health_pb2.HealthCheckResponse.SERVING
             except grpc.RpcError:
                 return False
