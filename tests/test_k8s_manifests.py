@@ -11,6 +11,7 @@ call graph. All offline: kubectl and the schemas come from PyPI packages.
 import base64
 import functools
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
@@ -771,3 +772,60 @@ def test_dockerfile_builds_from_python_slim_without_dev_dependencies():
     ignored = (ROOT / ".dockerignore").read_text()
     assert re.search(r"^\*\*$", ignored, re.MULTILINE), ".dockerignore should exclude by default"
     assert "!requirements-dev.txt" not in ignored and "!tests" not in ignored
+
+
+# ------------------------------------------------------------ optional components
+
+
+def render_with_components(tmp_path: Path, *components: str) -> list[dict]:
+    """The base with k8s/components/<name> added, as an overlay of the user's would render it."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    relative = Path(os.path.relpath(K8S, overlay))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(relative)],
+                "components": [str(relative / "components" / name) for name in components],
+            }
+        )
+    )
+    result = subprocess.run([_tool("kubectl"), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(result.stdout)
+    checked = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "-k", "1.32.0", "--quiet", str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_the_tracing_component_sends_every_process_s_spans_to_its_collector(tmp_path):
+    docs = render_with_components(tmp_path, "tracing")
+    by_kind: dict[str, dict] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    assert all(doc["metadata"].get("namespace") == NAMESPACE for doc in docs if doc["kind"] != "Namespace")
+    (config,) = [c for name, c in by_kind["ConfigMap"].items() if name.startswith("shop-config")]
+    endpoint = urlsplit(config["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert config["data"]["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    collector = by_kind["Service"][endpoint.hostname]
+    assert endpoint.port in {p["port"] for p in collector["spec"]["ports"]}
+    # Every app reads the merged config (one generated name for all of them).
+    for app in APPS:
+        pod = by_kind["Deployment"][app]["spec"]["template"]["spec"]
+        sources = [s["configMapRef"]["name"] for c in pod["containers"] for s in c.get("envFrom", ())]
+        assert config["metadata"]["name"] in sources, app
+    # Both ends of the call are allowed.
+    egress = by_kind["NetworkPolicy"]["spans-to-otel-collector"]
+    (selector,) = egress["spec"]["podSelector"]["matchExpressions"]
+    assert set(selector["values"]) == set(APPS)
+    assert endpoint.port in {p["port"] for rule in egress["spec"]["egress"] for p in rule["ports"]}
+    ingress = by_kind["NetworkPolicy"]["otel-collector"]["spec"]["ingress"][0]
+    assert set(ingress["from"][0]["podSelector"]["matchExpressions"][0]["values"]) == set(APPS)
