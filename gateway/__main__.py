@@ -23,7 +23,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from gateway.config import GatewayConfig
 from plumbing.config import ConfigError
-from plumbing.logs import JsonFormatter, TextFormatter, setup_logging
+from plumbing.logs import formatter, setup_logging
 
 # gunicorn's worker timeout: well past the longest upstream deadline.
 _WORKER_TIMEOUT_MARGIN_S = 20
@@ -37,9 +37,8 @@ class GatewayLogger(Logger):
 
     def setup(self, cfg):
         super().setup(cfg)
-        formatter = JsonFormatter("gateway") if self.log_format == "json" else TextFormatter()
         for handler in self.error_log.handlers:
-            handler.setFormatter(formatter)
+            handler.setFormatter(formatter("gateway", self.log_format))
 
 
 # What gunicorn answers before the app sees a request (a request line or

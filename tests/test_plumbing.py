@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plumbing import deadlines
 from plumbing.channels import open_channel, resolve_target
-from plumbing.logs import JsonFormatter
+from plumbing.logs import JsonFormatter, TextFormatter, request_id_var
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
 from tests import harness
@@ -175,6 +175,27 @@ def test_each_rpc_logs_one_json_line_with_the_callers_request_id(inventory):
     assert len(rpc_lines) == 1
     assert rpc_lines[0]["request_id"] == "req-42"
     assert rpc_lines[0]["grpc_code"] == "OK"
+
+
+def test_text_log_lines_name_their_service():
+    record = logging.makeLogRecord({"name": "plumbing.rpc", "levelname": "INFO", "msg": "rpc", "grpc_code": "OK"})
+    line = TextFormatter("inventory").format(record)
+    assert " INFO inventory plumbing.rpc: rpc" in line
+    assert line.endswith(" grpc_code=OK")
+
+
+def test_text_access_lines_carry_the_request_id_once():
+    # The gateway's access line passes request_id as a field too, beside the context's.
+    token = request_id_var.set("req-7")
+    try:
+        record = logging.makeLogRecord(
+            {"name": "gateway.access", "levelname": "INFO", "msg": "request", "request_id": "req-7", "status": 200}
+        )
+        line = TextFormatter("gateway").format(record)
+    finally:
+        request_id_var.reset(token)
+    assert line.count("request_id=") == 1
+    assert line.endswith(": request request_id=req-7 status=200")
 
 
 def free_port() -> int:
