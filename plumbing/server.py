@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from plumbing.config import ServerConfig
 from plumbing.interceptors import ServerInterceptor
 from plumbing.metrics import start_metrics_server
+from plumbing.reflection import enable_reflection
 
 log = logging.getLogger("plumbing.server")
 
@@ -60,10 +60,8 @@ class ShopServer:
         for service in services:
             service.add_to_server(service.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [s.name for s in services]
-            + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.server,
+        enable_reflection(
+            [s.name for s in services] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self.server
         )
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:

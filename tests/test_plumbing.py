@@ -1,4 +1,4 @@
-"""The shared plumbing: health, reflection (with a real grpcurl), request ids
+"""The shared plumbing: health, reflection (v1 by a raw stub, v1alpha with a real grpcurl), request ids
 in the logs, deadlines on every outgoing call, and the SIGTERM drain."""
 
 import json
@@ -13,7 +13,9 @@ import time
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from plumbing import deadlines
 from plumbing.channels import open_channel, resolve_target
@@ -63,7 +65,60 @@ def grpcurl(*args):
 
 def test_grpcurl_lists_services_through_reflection(inventory):
     listed = grpcurl(inventory.address, "list").split()
-    assert set(listed) >= {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert set(listed) >= {
+        SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+
+
+def test_grpcurl_describes_the_v1_reflection_service_over_v1alpha(inventory):
+    # grpcurl 1.8.6 (PyPI's) speaks v1alpha only: it resolves the v1 service's descriptors through it.
+    out = grpcurl(inventory.address, "describe", "grpc.reflection.v1.ServerReflection")
+    assert "rpc ServerReflectionInfo ( stream .grpc.reflection.v1.ServerReflectionRequest )" in out
+
+
+def reflect_v1(channel, request: reflection_pb2.ServerReflectionRequest) -> reflection_pb2.ServerReflectionResponse:
+    """One request to grpc.reflection.v1, by a raw stub (v1's messages are v1alpha's on the wire)."""
+    info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    (response,) = list(info(iter([request]), timeout=5))
+    return response
+
+
+def test_reflection_v1_lists_every_service(inventory):
+    response = reflect_v1(inventory.channel(), reflection_pb2.ServerReflectionRequest(list_services=""))
+    names = {service.name for service in response.list_services_response.service}
+    assert names == {
+        SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+@pytest.mark.parametrize(
+    "symbol, file_name",
+    [
+        (SERVICE, "shop/inventory/v1/inventory.proto"),
+        ("grpc.health.v1.Health", "grpc_health/v1/health.proto"),
+        ("grpc.reflection.v1.ServerReflection", "grpc/reflection/v1/reflection.proto"),
+    ],
+)
+def test_reflection_v1_describes_each_service(inventory, symbol, file_name):
+    response = reflect_v1(inventory.channel(), reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
+    (described,) = [f for f in files if f.name == file_name]
+    service_name = symbol.rsplit(".", 1)[1]
+    assert f"{described.package}.{service_name}" == symbol
+    assert service_name in [s.name for s in described.service]
 
 
 def test_grpcurl_calls_get_product_with_no_proto_files(inventory):
