@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 
+from order_svc import metrics
 from plumbing.config import OrderConfig
 from plumbing.deadlines import MARGIN_S, remaining_s, timeout_for_call
 from plumbing.errors import ShopError, failed_precondition, from_rpc_error, invalid_argument, not_found
@@ -471,7 +472,7 @@ class OrderSaga:
                 raise _Unsettled("inventory", error) from None
             # Reserve is all or nothing and said no: nothing is reserved.
             failure = Failure.of(with_order_id(error, order.id))
-            return self._move(order, owner, None, status=FAILED, step=AT_REST, failure=failure)
+            return _ended(self._move(order, owner, None, status=FAILED, step=AT_REST, failure=failure))
         priced = _with_prices(order, reservation)
         if not priced.currency:
             currencies = {i.currency for i in priced.items}
@@ -566,7 +567,7 @@ class OrderSaga:
     def _release_step(self, order: Order, owner: str) -> Order | None:
         """Give the stock back, then take the decided outcome."""
         self._release_stock(order)
-        released = self._move(order, owner, None, status=order.outcome, step=AT_REST)
+        released = _ended(self._move(order, owner, None, status=order.outcome, step=AT_REST))
         if released is not None:
             log.info("order failed", extra={"order_id": order.id, "outcome": order.outcome})
         return released
@@ -585,7 +586,9 @@ class OrderSaga:
                 self.store.advance(order.id, (CONFIRMED, CANCELLING), None, None, step=AT_REST)
                 raise with_order_id(error, order.id) from None
         self._release_stock(order)
-        cancelled = self.store.advance(order.id, (CONFIRMED, CANCELLING), None, None, status=CANCELLED, step=AT_REST)
+        cancelled = _ended(
+            self.store.advance(order.id, (CONFIRMED, CANCELLING), None, None, status=CANCELLED, step=AT_REST)
+        )
         if cancelled is None:
             return self.get_order(order.id)
         log.info("order cancelled", extra={"order_id": order.id})
@@ -598,7 +601,7 @@ class OrderSaga:
             raise _Unsettled("inventory", from_rpc_error(rpc_error)) from None
 
     def _confirm(self, order: Order, owner: str, payment_id: str) -> Order | None:
-        confirmed = self._move(order, owner, None, status=CONFIRMED, step=AT_REST, payment_id=payment_id)
+        confirmed = _ended(self._move(order, owner, None, status=CONFIRMED, step=AT_REST, payment_id=payment_id))
         if confirmed is not None:
             log.info("order confirmed", extra={"order_id": order.id, "payment_id": payment_id})
         return confirmed
@@ -762,14 +765,18 @@ class OrderSaga:
         token = request_id_var.set(f"recovery-{order_id}")
         log.info("recovering order", extra={"order_id": order_id, "status": order.status, "step": order.step})
         try:
-            self._settle(order, owner)
+            settled = self._settle(order, owner)
+            metrics.recovery_ended(settled.status.lower() if settled is not None else "taken_over")
             return True
         except _Unsettled as unsettled:
+            metrics.recovery_ended("unsettled")
             log.warning("order still unsettled", extra={"order_id": order_id, "cause": str(unsettled)})
             self.store.release_lease(order_id, owner)
         except ShopError as error:
+            metrics.recovery_ended("refused")
             log.warning("recovering order refused", extra={"order_id": order_id, "cause": str(error)})
         except Exception:
+            metrics.recovery_ended("error")
             log.exception("recovering order failed", extra={"order_id": order_id})
             self.store.release_lease(order_id, owner)
         finally:
@@ -825,6 +832,14 @@ def _with_prices(order: Order, reservation) -> Order:
     currencies = {i.currency for i in items}
     total = sum(i.unit_price_cents * i.quantity for i in items)
     return replace(order, items=items, total_cents=total, currency=currencies.pop() if len(currencies) == 1 else "")
+
+
+def _ended(order: Order | None) -> Order | None:
+    """Count an order that a move just took to its final status (None: the
+    move lost its compare-and-set, and whoever won counts it)."""
+    if order is not None:
+        metrics.order_ended(order)
+    return order
 
 
 def _answer(order: Order) -> Order:

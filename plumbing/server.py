@@ -11,11 +11,11 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plumbing.config import ServerConfig
 from plumbing.interceptors import ServerInterceptor
-from plumbing.metrics import start_metrics_server
+from plumbing.metrics import ObservedHealthServicer, start_metrics_server
 from plumbing.reflection import enable_reflection
 
 log = logging.getLogger("plumbing.server")
@@ -43,7 +43,7 @@ class ShopServer:
         host: str = "[::]",
     ):
         self.services = services
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.health = ObservedHealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
             interceptors=[ServerInterceptor()],

@@ -1,0 +1,96 @@
+"""The order service's shop metrics: how orders end, how long their saga
+takes, what recovery does, and whether any order is stuck.
+
+Counted where the saga's compare-and-set succeeds, so each order is counted
+once however many replicas or retries touch it. Every label takes a value
+from a fixed set; each series exists from the start, at zero.
+"""
+
+import logging
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from plumbing.timestamps import utc_now
+from shop.order.v1 import order_pb2
+
+log = logging.getLogger("order_svc.metrics")
+
+# From the proto's enum, which the saga's statuses are named after (the saga
+# imports this module, so this module does not import the saga).
+FINAL_STATUSES = tuple(n for n in order_pb2.OrderStatus.keys() if n not in ("ORDER_STATUS_UNSPECIFIED", "PENDING"))
+# The statuses a placement ends in; CANCELLED comes later, by request.
+PLACEMENT_OUTCOMES = tuple(s for s in FINAL_STATUSES if s != "CANCELLED")
+# How a recovery attempt left a stuck order: the final status it reached
+# (lower case), or why it did not reach one.
+RECOVERY_OUTCOMES = (
+    "confirmed",
+    "payment_failed",
+    "failed",
+    "cancelled",
+    "taken_over",  # another actor moved the order meanwhile
+    "unsettled",  # an upstream still does not answer for sure; tried again later
+    "refused",  # an upstream refused for good (the order keeps its status)
+    "error",
+)
+# A saga takes milliseconds; recovery of an interrupted one takes seconds.
+SAGA_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+orders = Counter("shop_orders", "Orders that reached a final status, by that status.", ["status"])
+saga_seconds = Histogram(
+    "shop_order_saga_duration_seconds",
+    "Time from an order stored to the final status of its placement (recovery included).",
+    ["status"],
+    buckets=SAGA_BUCKETS,
+)
+recoveries = Counter(
+    "shop_order_recoveries", "Stuck orders the recovery loop took over, by how it left them.", ["outcome"]
+)
+for _status in FINAL_STATUSES:
+    orders.labels(_status)
+for _status in PLACEMENT_OUTCOMES:
+    saga_seconds.labels(_status)
+for _outcome in RECOVERY_OUTCOMES:
+    recoveries.labels(_outcome)
+
+
+def order_ended(order) -> None:
+    """`order` (a saga.Order) has just moved to its final status."""
+    orders.labels(order.status).inc()
+    if order.status in PLACEMENT_OUTCOMES and order.created_at is not None:
+        saga_seconds.labels(order.status).observe(max(0.0, (utc_now() - order.created_at).total_seconds()))
+
+
+def recovery_ended(outcome: str) -> None:
+    recoveries.labels(outcome).inc()
+
+
+class OldestPendingOrder(Collector):
+    """shop_oldest_pending_order_age_seconds, read from the database at each
+    scrape: the truth, whichever replica or process is scraped, even when the
+    recovery loop itself is what is stuck. 0 when no order is PENDING."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def describe(self):
+        return [self._family()]
+
+    def collect(self):
+        family = self._family()
+        try:
+            oldest = self.store.oldest_pending_created_at()
+        except Exception as error:  # noqa: BLE001 - a scrape must not fail because the database does
+            log.warning("cannot read the oldest PENDING order", extra={"cause": str(error)})
+            return
+        age = 0.0 if oldest is None else max(0.0, (utc_now() - oldest).total_seconds())
+        family.add_metric([], age)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "shop_oldest_pending_order_age_seconds",
+            "Age of the oldest order still PENDING (0 when there is none).",
+        )
