@@ -5,6 +5,8 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
+from plumbing.config import ConfigError
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 server_started = Counter(
@@ -85,4 +87,9 @@ def split_method(full_method: str) -> tuple[str, str]:
 
 
 def start_metrics_server(port: int) -> None:
-    prometheus_client.start_http_server(port)
+    try:
+        prometheus_client.start_http_server(port)
+    except OSError as error:
+        raise ConfigError(
+            f"METRICS_PORT={port}: cannot listen there ({error.strerror}); another shop may be running"
+        ) from None

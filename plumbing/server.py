@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from plumbing.config import ServerConfig
+from plumbing.config import ConfigError, ServerConfig
 from plumbing.interceptors import ServerInterceptor
 from plumbing.metrics import ObservedHealthServicer, start_metrics_server
 from plumbing.reflection import enable_reflection
@@ -63,9 +63,12 @@ class ShopServer:
         enable_reflection(
             [s.name for s in services] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self.server
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio's "Failed to bind"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {host}:{port}")
+            raise ConfigError(f"cannot listen on gRPC port {host}:{port}: it is in use (another shop may be running?)")
 
     def start(self) -> "ShopServer":
         self.server.start()

@@ -11,9 +11,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from scripts import run_local
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,18 +82,7 @@ class Stack:
 
     @staticmethod
     def _ready(spec) -> bool:
-        if spec.module == "gateway":
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{spec.port}/health", timeout=1) as r:
-                    return r.status == 200
-            except (urllib.error.URLError, OSError):
-                return False
-        with grpc.insecure_channel(f"127.0.0.1:{spec.port}") as channel:
-            try:
-                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                return status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.RpcError:
-                return False
+        return run_local.probe(spec) == "SERVING"
 
     def stop(self) -> None:
         run_local.stop(self.procs)
