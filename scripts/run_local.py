@@ -384,23 +384,27 @@ def stop(procs, timeout_s: float = STOP_TIMEOUT_S) -> None:
             proc.wait()
 
 
-def create_postgres_databases(admin_url: str, names: list[str]) -> None:
+def create_postgres_databases(admin_url: str, names: list[str], reset: bool = False) -> None:
+    """Create the databases that do not exist (all of them, dropped first, if `reset`)."""
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
+        if reset:
+            for name in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         existing = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
         for name in names:
             if name not in existing:
                 conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def replicated_environ(environ: dict[str, str]) -> dict[str, str]:
+def replicated_environ(environ: dict[str, str], reset: bool = False) -> dict[str, str]:
     """Two replicas share state: PostgreSQL for the services, Redis for the
     gateway's rate limit. POSTGRES_URL names the server (its admin database)."""
     environ = dict(environ)
     admin_url = environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     base = admin_url.rsplit("/", 1)[0]
-    create_postgres_databases(admin_url, [f"shop_{s}" for s in SERVICES])
+    create_postgres_databases(admin_url, [f"shop_{s}" for s in SERVICES], reset)
     for service in SERVICES:
         environ.setdefault(f"{service.upper()}_DATABASE_URL", f"{base}/shop_{service}")
     environ.setdefault("RATE_LIMIT_STORAGE", "redis://127.0.0.1:6379")
@@ -468,10 +472,17 @@ def run(specs: list[ProcessSpec], admin_token: str = "", out=sys.stdout, logs=sy
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument(
+        "--reset-databases",
+        action="store_true",
+        help="with --replicas: drop the shop_* PostgreSQL databases and start on empty ones",
+    )
     args = parser.parse_args()
     environ, admin_token = local_environ(dict(os.environ), terminal=sys.stderr.isatty())
     if args.replicas > 1:
-        environ = replicated_environ(environ)
+        environ = replicated_environ(environ, reset=args.reset_databases)
+    elif args.reset_databases:
+        parser.error("--reset-databases is for --replicas (make run-replicated); make run's SQLite lives in DATA_DIR")
     return run(plan(environ, args.replicas), admin_token)
 
 

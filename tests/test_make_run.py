@@ -12,11 +12,14 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 
+import psycopg
 import pytest
 
 from scripts import run_local
 from scripts.stack import http
+from tests.conftest import POSTGRES_ADMIN_URL
 from tests.harness import ROOT, eventually
 
 pytestmark = pytest.mark.e2e
@@ -238,6 +241,28 @@ def test_a_process_alone_names_the_port_it_cannot_have(tmp_path):
     assert f"METRICS_PORT={port}: cannot listen there" in done.stderr
     assert "another shop may be running" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_make_run_replicated_can_start_on_empty_databases(postgres_available):
+    if not postgres_available:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL required but not reachable at {POSTGRES_ADMIN_URL}")
+        pytest.skip("PostgreSQL not reachable")
+    name = f"shop_reset_test_{uuid.uuid4().hex[:10]}"
+    database_url = f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    try:
+        run_local.create_postgres_databases(POSTGRES_ADMIN_URL, [name])
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE left_over (id int)")
+        run_local.create_postgres_databases(POSTGRES_ADMIN_URL, [name])  # kept
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT to_regclass('left_over')::text").fetchone()[0] == "left_over"
+        run_local.create_postgres_databases(POSTGRES_ADMIN_URL, [name], reset=True)
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT to_regclass('left_over')::text").fetchone()[0] is None
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- make run's own rules, without processes -----------------------------------
