@@ -137,7 +137,7 @@ def port_taken(port: int) -> bool:
 def ports_in_use(specs: list[ProcessSpec]) -> list[str]:
     """One line for each port a process would bind that is taken."""
     return [
-        f"port {port} ({spec.name} {what}, {setting}) is in use"
+        f"port {port} ({spec.name} {what}, {setting})"
         for spec in specs
         for port, setting, what in spec.listens_on()
         if port and port_taken(port)
@@ -231,10 +231,17 @@ class Supervisor:
         self.logs = logs
         self.cwd = cwd
         self.stopping = threading.Event()
-        self._logs_lock = threading.Lock()
+        self._output_lock = threading.Lock()
 
     def say(self, text: str) -> None:
-        print(f"[make run] {text}", file=self.out, flush=True)
+        self._write(self.out, f"[make run] {text}")
+
+    def _write(self, stream, line: str) -> None:
+        # One write per line, under one lock: on a terminal the processes'
+        # lines and make run's own never run into each other.
+        with self._output_lock:
+            stream.write(line + "\n")
+            stream.flush()
 
     # Starting and watching
 
@@ -266,8 +273,7 @@ class Supervisor:
             for raw in stream:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 process.tail.append(line)
-                with self._logs_lock:
-                    print(line, file=self.logs, flush=True)
+                self._write(self.logs, line)
 
     @staticmethod
     def _exited(proc: subprocess.Popen, block: bool = False) -> int | None:
@@ -418,8 +424,9 @@ def run(specs: list[ProcessSpec], admin_token: str = "", out=sys.stdout, logs=sy
     taken = ports_in_use(specs)
     if taken:
         say(
-            "cannot start: " + "; ".join(taken) + ". Another shop may be running (a second `make run`?): "
-            "stop it, or choose free ports with the settings named."
+            "cannot start, these ports are in use:\n"
+            + "".join(f"    {port}\n" for port in taken)
+            + "Another shop may be running (a second `make run`?): stop it, or set the settings named to free ports."
         )
         return 1
 

@@ -205,8 +205,9 @@ def test_a_port_in_use_stops_make_run_before_anything_starts(make_run):
         shop = make_run(INVENTORY_PORT=str(port))
         assert shop.proc.wait(timeout=60) == 1
     shop.finish()
-    (said,) = [line for line in shop.said if "cannot start" in line]
-    assert f"port {port} (inventory-1 gRPC, INVENTORY_PORT) is in use" in said
+    said = "\n".join(shop.said)
+    assert "cannot start, these ports are in use:" in said
+    assert f"    port {port} (inventory-1 gRPC, INVENTORY_PORT)\n" in said
     assert "Another shop may be running" in said
     assert shop.logs == []  # nothing was started
     assert not any("Traceback" in line for line in shop.said)
