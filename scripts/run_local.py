@@ -372,10 +372,6 @@ class Supervisor:
                 process.reader.join(timeout=2)
 
 
-def start(specs: list[ProcessSpec], **popen_kwargs) -> list[tuple[ProcessSpec, subprocess.Popen]]:
-    return [(s, subprocess.Popen([sys.executable, "-m", s.module], env=s.env, **popen_kwargs)) for s in specs]
-
-
 def stop(procs, timeout_s: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM everything (each drains), then wait; kill what outlives it."""
     for _, proc in procs:
