@@ -5,7 +5,6 @@ last lines of the process; a failure at first start stops make run with the
 process's own error; Ctrl-C stops everything and restarts nothing."""
 
 import os
-import random
 import re
 import signal
 import socket
@@ -18,7 +17,7 @@ import psycopg
 import pytest
 
 from scripts import run_local
-from scripts.stack import http
+from scripts.stack import free_port_base, http
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.harness import ROOT, eventually
 
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.e2e
 SERVICES = ("inventory", "payment", "order")
 # A route of each backend: 503 while it is down, its own answer once it is up.
 ROUTE_OF = {"inventory": "/inventory/P001", "payment": "/payments/pay_none", "order": "/orders/ord_none"}
-
-
-def free_port() -> int:
-    """A free port at random below the ephemeral range: two tests starting
-    make run at once (pytest-xdist) do not both pick the first free one."""
-    while True:
-        port = random.randrange(20000, 29000)
-        if not run_local.port_taken(port):
-            return port
 
 
 class MakeRun:
@@ -47,7 +37,7 @@ class MakeRun:
             env.pop(name, None)
         for spec in run_local.plan({}):
             for _, setting, _ in spec.listens_on():
-                env[setting] = str(free_port())
+                env[setting] = str(free_port_base())
         env.update(settings)
         self.gateway = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
         self.proc = subprocess.Popen(
@@ -239,7 +229,7 @@ def test_a_process_alone_names_the_port_it_cannot_have(tmp_path):
         env = dict(
             os.environ,
             DATA_DIR=str(tmp_path),
-            PAYMENT_PORT=str(free_port()),
+            PAYMENT_PORT=str(free_port_base()),
             METRICS_PORT=str(port),
         )
         done = subprocess.run(
