@@ -280,12 +280,16 @@ class Supervisor:
         """Its exit status if it has exited (waiting for that if `block`),
         after killing what it left in its group: looked at without reaping
         it first, so that the group's id cannot have been reused."""
-        flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
-        try:
-            if os.waitid(os.P_PID, proc.pid, flags) is None:
-                return None
-        except ChildProcessError:
-            return proc.wait()  # reaped already
+        if hasattr(os, "waitid"):
+            flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+            try:
+                if os.waitid(os.P_PID, proc.pid, flags) is None:
+                    return None
+            except ChildProcessError:
+                return proc.wait()  # reaped already
+        elif (proc.wait() if block else proc.poll()) is None:
+            # No waitid (macOS before Python 3.13): reaped first, then its group.
+            return None
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
