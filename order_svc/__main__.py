@@ -1,9 +1,6 @@
 """python -m order_svc: read config, build the store, the upstream stubs and
 the saga, serve, and run the recovery loop beside it."""
 
-from prometheus_client import REGISTRY
-
-from order_svc.metrics import OldestPendingOrder
 from order_svc.saga import OrderSaga
 from order_svc.server import SERVICE_NAME, OrderServicer
 from order_svc.store import OrderStore
@@ -42,9 +39,7 @@ def main() -> None:
     order_config = OrderConfig.from_env()
     setup_logging("order", config.log.level, config.log.format)
     engine = db.open_engine(config.database_url, pool_size=config.workers)
-    store = OrderStore(engine)
-    saga, channels = build_saga(order_config, store)
-    REGISTRY.register(OldestPendingOrder(store))
+    saga, channels = build_saga(order_config, OrderStore(engine))
     servicer = OrderServicer(saga)
     service = Service(SERVICE_NAME, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server)
 

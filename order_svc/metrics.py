@@ -6,16 +6,12 @@ once however many replicas or retries touch it. Every label takes a value
 from a fixed set; each series exists from the start, at zero.
 """
 
-import logging
+import datetime as dt
 
-from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge, Histogram
 
 from plumbing.timestamps import utc_now
 from shop.order.v1 import order_pb2
-
-log = logging.getLogger("order_svc.metrics")
 
 # From the proto's enum, which the saga's statuses are named after (the saga
 # imports this module, so this module does not import the saga).
@@ -47,6 +43,13 @@ saga_seconds = Histogram(
 recoveries = Counter(
     "shop_order_recoveries", "Stuck orders the recovery loop took over, by how it left them.", ["outcome"]
 )
+# Measured by every recovery pass (each RECOVERY_INTERVAL_S), in each process
+# of the service: a plain gauge works with PROCESSES > 1 too (the highest).
+oldest_pending_age = Gauge(
+    "shop_oldest_pending_order_age_seconds",
+    "Age of the oldest order still PENDING (0 when there is none), as the last recovery pass found it.",
+    multiprocess_mode="max",
+)
 for _status in FINAL_STATUSES:
     orders.labels(_status)
 for _status in PLACEMENT_OUTCOMES:
@@ -66,31 +69,7 @@ def recovery_ended(outcome: str) -> None:
     recoveries.labels(outcome).inc()
 
 
-class OldestPendingOrder(Collector):
-    """shop_oldest_pending_order_age_seconds, read from the database at each
-    scrape: the truth, whichever replica or process is scraped, even when the
-    recovery loop itself is what is stuck. 0 when no order is PENDING."""
-
-    def __init__(self, store):
-        self.store = store
-
-    def describe(self):
-        return [self._family()]
-
-    def collect(self):
-        family = self._family()
-        try:
-            oldest = self.store.oldest_pending_created_at()
-        except Exception as error:  # noqa: BLE001 - a scrape must not fail because the database does
-            log.warning("cannot read the oldest PENDING order", extra={"cause": str(error)})
-            return
-        age = 0.0 if oldest is None else max(0.0, (utc_now() - oldest).total_seconds())
-        family.add_metric([], age)
-        yield family
-
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "shop_oldest_pending_order_age_seconds",
-            "Age of the oldest order still PENDING (0 when there is none).",
-        )
+def pending_orders_seen(oldest_created_at: dt.datetime | None, now: dt.datetime) -> None:
+    """A recovery pass found the oldest PENDING order stored at `oldest_created_at` (None: none)."""
+    age = 0.0 if oldest_created_at is None else max(0.0, (now - oldest_created_at).total_seconds())
+    oldest_pending_age.set(age)

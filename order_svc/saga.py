@@ -749,6 +749,8 @@ class OrderSaga:
         if self._closed.is_set():
             return 0
         now = utc_now()
+        # On every pass, stuck orders or not: what the alert on them reads.
+        metrics.pending_orders_seen(self.store.oldest_pending_created_at(), now)
         untouched_since = now - dt.timedelta(seconds=self.config.recovery_after_s)
         stuck = self.store.stuck_orders(now, untouched_since, RECOVERY_BATCH)
         return sum(self._recovery_pool.map(self._recover, stuck))

@@ -42,6 +42,8 @@ serving = Gauge(
     "shop_grpc_serving",
     "1 while this process's health service reports the gRPC service SERVING, else 0.",
     ["grpc_service"],
+    # Several processes of one service (PROCESSES): SERVING only if all are.
+    multiprocess_mode="min",
 )
 
 

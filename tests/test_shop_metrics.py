@@ -6,11 +6,9 @@ each service's health. Counted once per fact, however often a step is retried.""
 import datetime as dt
 
 import pytest
-import sqlalchemy as sa
 from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
-from order_svc.metrics import OldestPendingOrder
 from order_svc.saga import PENDING, RESERVING, Order, OrderItem
 from order_svc.store import OrderStore, orders
 from plumbing import db
@@ -121,15 +119,18 @@ def shop_without_order(database_url, sqlite_url):
 
 
 @harness.sqlite_only
-def test_a_stuck_order_shows_its_age_until_recovery_ends_it(shop_without_order):
+def test_a_recovery_pass_measures_the_oldest_pending_order_before_ending_it(shop_without_order):
     shop = shop_without_order
-    engine = db.open_engine(shop.urls["order"])
-    store = OrderStore(engine)
-    oldest_pending = OldestPendingOrder(store)
+    oldest_pending = ("shop_oldest_pending_order_age_seconds", {})
     counts = Counts(("shop_order_recoveries_total", {"outcome": "failed"}), orders_ended("FAILED"))
+    # Recovery by hand, one pass at a time.
+    saga = shop.start_order(recover=False).servicer.saga
+    saga.recover_stuck_orders()
+    assert REGISTRY.get_sample_value(*oldest_pending) == 0
+
+    # Left at its first step by a process now gone, two minutes ago.
+    engine = db.open_engine(shop.urls["order"])
     try:
-        assert _gauge(oldest_pending) == 0
-        # Left at its first step by a process now gone, two minutes ago.
         stuck = Order(
             id="ord_stuck",
             customer_id="C1",
@@ -139,37 +140,23 @@ def test_a_stuck_order_shows_its_age_until_recovery_ends_it(shop_without_order):
             payment_method="tok_visa",
         )
         now = dt.datetime.now(dt.UTC)
-        store.create(stuck, "", "fingerprint", "a-process-now-gone", now - dt.timedelta(seconds=1))
+        OrderStore(engine).create(stuck, "", "fingerprint", "a-process-now-gone", now - dt.timedelta(seconds=1))
         with engine.begin() as conn:
             conn.execute(
-                orders.update().where(orders.c.id == stuck.id).values(created_at=now - dt.timedelta(seconds=120))
+                orders.update()
+                .where(orders.c.id == stuck.id)
+                .values(created_at=now - dt.timedelta(seconds=120), updated_at=now - dt.timedelta(seconds=120))
             )
-        assert _gauge(oldest_pending) >= 120
-
-        # Nothing was charged, so recovery voids and fails the order.
-        orders_stub = shop.orders(shop.start_order())
-        harness.eventually(
-            lambda: orders_stub.GetOrder(pb.GetOrderRequest(order_id=stuck.id), timeout=10).status == pb.FAILED,
-            what="recovery failing the stuck order",
-        )
-        assert _gauge(oldest_pending) == 0
-        assert counts.changes() == [1, 1]
     finally:
         engine.dispose()
 
-
-def _gauge(collector) -> float:
-    (family,) = collector.collect()
-    (sample,) = family.samples
-    return sample.value
-
-
-def test_the_oldest_pending_order_is_left_out_when_the_database_cannot_say():
-    class Unreachable:
-        def oldest_pending_created_at(self):
-            raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
-
-    assert list(OldestPendingOrder(Unreachable()).collect()) == []
+    # Nothing was charged, so recovery voids and fails the order.
+    assert saga.recover_stuck_orders() == 1
+    assert REGISTRY.get_sample_value(*oldest_pending) >= 120
+    assert saga.get_order(stuck.id).status == "FAILED"
+    assert counts.changes() == [1, 1]
+    saga.recover_stuck_orders()
+    assert REGISTRY.get_sample_value(*oldest_pending) == 0
 
 
 def test_a_services_health_is_mirrored_in_a_gauge_until_it_drains(sqlite_url):
