@@ -51,8 +51,8 @@ RUN for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_NO_INDEX PIP
 FROM ${BASE_IMAGE} AS runtime
 # No .pyc written at run time (the root filesystem is read-only in
 # Kubernetes); the venv and the app are compiled at build time instead.
-# HOME=/tmp: anything that insists on a home directory (gunicorn's control
-# socket, if left on) writes to the /tmp volume, not the read-only root.
+# HOME=/tmp: anything that insists on a home directory writes to the /tmp
+# volume, not the read-only root.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONFAULTHANDLER=1 \
@@ -97,7 +97,7 @@ USER 10001:10001
 EXPOSE 50053 9103
 ENTRYPOINT ["python", "-m", "order_svc"]
 
-# `python -m gateway` execs gunicorn, so gunicorn's master becomes PID 1 and
+# `python -m gateway` runs granian's master in that process: it is PID 1 and
 # gets SIGTERM (graceful worker shutdown).
 FROM runtime AS api-gateway
 ENV GATEWAY_PORT=8080

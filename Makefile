@@ -35,7 +35,9 @@ lint: $(INSTALLED)
 clean:
 	rm -rf $(VENV) data .pytest_cache
 
-## bench: end-to-end benchmark (hey or wrk; JSON lines); BENCH_ARGS="--postgres --duration 5 ..."
+## bench: end-to-end benchmark (hey or wrk; JSON lines), then the seed REST chain side by side
+## (../shared/baseline/compare.sh, when present); BENCH_ARGS="--postgres --duration 5 ..."
+BENCH_ARGS ?= --compare 3,15
 .PHONY: bench
 bench: $(INSTALLED)
 	$(BIN)/python scripts/bench $(BENCH_ARGS)

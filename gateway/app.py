@@ -3,25 +3,24 @@ HTTP annotations, the operations routes, and the hooks every request passes
 through (request id, body limit, rate limit, metrics, one access-log line)."""
 
 import hmac
-import json
 import logging
+import os
 import re
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import grpc
+import orjson
 from flask import Flask, current_app, g, request
-from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway import metrics
+from gateway import metrics, ratelimit
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, from_upstream, gateway_error, invalid_argument
 from gateway.mesh import check_backends, overall_status, service_status
 from gateway.openapi import openapi_document
-from gateway.ratelimit import install_rate_limit
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
 from plumbing.logs import request_id_var
@@ -29,9 +28,11 @@ from plumbing.logs import request_id_var
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
-# Sane ids pass through (printable ASCII, as gRPC metadata needs); others are replaced.
-_REQUEST_ID = re.compile(r"[\x20-\x7e]{1,128}")
+# A caller's request id travels on (logs, gRPC metadata) only in this form.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# Requests with any other method are counted under this one label.
+OTHER_METHOD = "OTHER"
 
 # Not rate limited, not transcoded: the gateway's own operations routes.
 OPERATIONS_ROUTES = (
@@ -51,9 +52,12 @@ class Gateway:
     config: GatewayConfig
     bindings: list[Binding]
     upstreams: Upstreams
+    rate_limit: ratelimit.RateLimit
     started_at: float
     # Flask endpoint -> route template, for metrics and logs.
     routes: dict[str, str] = field(default_factory=dict)
+    # The methods some route answers; metrics count any other as OTHER.
+    methods: frozenset[str] = frozenset()
 
 
 class GatewayFlask(Flask):
@@ -79,7 +83,8 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
         shop_backends(config.upstreams, {name: tuple(methods) for name, methods in read_methods.items()}),
         config.upstreams.timeout_s,
     )
-    gateway = Gateway(config, bindings, upstreams, started_at or time.time())
+    rate_limit = ratelimit.RateLimit(config, os.environ.get(ratelimit.SHARED_DIR_ENV))
+    gateway = Gateway(config, bindings, upstreams, rate_limit, started_at or time.time())
 
     # No static folder: Flask's /static/<path> route is no part of the API (POST /static/x would be 405).
     app = GatewayFlask("gateway", static_folder=None)
@@ -93,8 +98,6 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
     if config.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies)
 
-    # Registered before the limiter's hooks: the request id exists before a
-    # 429 is raised, and the access log sees the limiter's headers.
     app.before_request(_begin_request)
     app.after_request(_finish_request)
     app.teardown_request(_end_request)
@@ -105,7 +108,7 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
         )
         gateway.routes[binding.endpoint] = binding.template
     _add_operations_routes(app, gateway)
-    install_rate_limit(app, config, exempt=lambda: gateway.routes.get(request.endpoint) in OPERATIONS_ROUTES)
+    gateway.methods = frozenset(method for rule in app.url_map.iter_rules() for method in rule.methods or ())
 
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ApiError, _api_error)
@@ -118,42 +121,61 @@ def _gateway() -> Gateway:
 
 
 # --- request hooks -----------------------------------------------------------
+# Every request passes these: they fetch the request and g behind Flask's
+# proxies once (each proxy access is a lookup) and keep what the answer needs
+# on g.
 
 
 def _begin_request() -> None:
-    g.started = time.perf_counter()
-    g.upstream_code = ""
-    offered = request.headers.get("X-Request-ID", "").strip()
-    g.request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
-    g.request_id_token = request_id_var.set(g.request_id)
-    limit = _gateway().config.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    state, req = g._get_current_object(), request._get_current_object()
+    state.started = time.perf_counter()
+    state.upstream_code = ""
+    offered = req.headers.get("X-Request-ID", "")
+    state.request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    state.request_id_token = request_id_var.set(state.request_id)
+    gateway = _gateway()
+    if gateway.routes.get(req.endpoint) not in OPERATIONS_ROUTES:
+        # Unknown routes count too: probing paths spends the budget.
+        state.rate_limit = verdict = gateway.rate_limit.check(req.remote_addr or "")
+        if not verdict.allowed:
+            state.rate_limited = True
+            raise gateway_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit exceeded: {verdict.limit} requests per window; retry after the time in Retry-After",
+                "RATE_LIMITED",
+            )
+    limit = gateway.config.max_body_bytes
+    if req.content_length is not None and req.content_length > limit:
         # Refused on the header alone, before a byte of the body is read.
         raise RequestEntityTooLarge()
 
 
 def _finish_request(response):
-    response.headers["X-Request-ID"] = g.get("request_id", "")
-    if response.status_code != 429:
-        # Flask-Limiter sets Retry-After on every response; it means something only on a 429.
-        response.headers.pop("Retry-After", None)
-    for name, value in g.get("error_headers", {}).items():
-        response.headers[name] = value
-    route = _route_template()
-    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-    metrics.observe_request(route, request.method, response.status_code, elapsed)
-    if response.status_code == 429 and g.get("rate_limited"):
-        metrics.rate_limited.labels(route).inc()
+    state, req = g._get_current_object(), request._get_current_object()
+    headers = response.headers
+    headers["X-Request-ID"] = getattr(state, "request_id", "")
+    verdict = getattr(state, "rate_limit", None)
+    if verdict is not None:
+        for name, value in verdict.headers().items():
+            headers[name] = value
+    gateway = _gateway()
+    route = gateway.routes.get(req.endpoint, metrics.UNMATCHED_ROUTE)
+    method = req.method if req.method in gateway.methods else OTHER_METHOD
+    status = response.status_code
+    elapsed = time.perf_counter() - getattr(state, "started", time.perf_counter())
+    metrics.observe_request(route, method, status, elapsed)
+    if getattr(state, "rate_limited", False):
+        metrics.labelled(metrics.rate_limited, route).inc()
     access_log.info(
         "request",
         extra={
-            "request_id": g.get("request_id", ""),
-            "client_ip": request.remote_addr,
-            "method": request.method,
+            "request_id": state.request_id,
+            "client_ip": req.remote_addr,
+            "method": method,
             "route": route,
-            "status": response.status_code,
+            "status": status,
             "duration_ms": round(elapsed * 1000, 2),
-            "upstream_code": g.get("upstream_code", ""),
+            "upstream_code": getattr(state, "upstream_code", ""),
         },
     )
     return response
@@ -163,10 +185,6 @@ def _end_request(_error) -> None:
     token = g.pop("request_id_token", None)
     if token is not None:
         request_id_var.reset(token)
-
-
-def _route_template() -> str:
-    return _gateway().routes.get(request.endpoint, metrics.UNMATCHED_ROUTE)
 
 
 # --- transcoded routes -------------------------------------------------------
@@ -323,7 +341,7 @@ def _taking_no_query(view):
 
 def _json_response(body, status: int = 200, headers: dict[str, str] | None = None):
     response = current_app.response_class(
-        json.dumps(body, ensure_ascii=False) + "\n", status=status, mimetype="application/json"
+        orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE), status=status, mimetype="application/json"
     )
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -331,21 +349,12 @@ def _json_response(body, status: int = 200, headers: dict[str, str] | None = Non
 
 
 def _api_error(error: ApiError):
-    # Re-applied after Flask-Limiter's hook, which would replace Retry-After.
-    g.error_headers = error.headers
     return _json_response(error.body(g.get("request_id", "")), error.http_status, error.headers)
 
 
 def _http_error(error: HTTPException):
     """Flask's own errors (no route, wrong method, body too large, 429) in the API's shape."""
-    if isinstance(error, RateLimitExceeded):
-        g.rate_limited = True
-        api_error = gateway_error(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"rate limit exceeded: {error.description}; retry after the time in Retry-After",
-            "RATE_LIMITED",
-        )
-    elif isinstance(error, NotFound):
+    if isinstance(error, NotFound):
         api_error = gateway_error(
             grpc.StatusCode.NOT_FOUND, f"no route {request.method} {request.path}", "NOT_FOUND"
         )

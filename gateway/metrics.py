@@ -5,7 +5,7 @@ path, so the series stay bounded. Upstream calls are counted by the channel
 interceptor in plumbing (grpc_client_handled_total and
 grpc_client_handling_seconds, by service, method and code).
 
-Under gunicorn every worker writes its figures to PROMETHEUS_MULTIPROC_DIR;
+Every worker process writes its figures to PROMETHEUS_MULTIPROC_DIR;
 /metrics and /mesh/traffic-stats both read the sum over all workers, so
 neither depends on which worker answers.
 """

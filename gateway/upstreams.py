@@ -1,7 +1,7 @@
 """The gRPC backends behind the gateway, with channels opened lazily in the
 process that uses them.
 
-gunicorn forks its workers: a channel opened before the fork would be shared
+granian forks its workers: a channel opened before the fork would be shared
 by processes that cannot share it, so nothing here connects at import time
 or in create_app, and a process that finds channels from another pid (its
 parent's) opens its own.

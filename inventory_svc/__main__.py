@@ -5,7 +5,7 @@ from inventory_svc.store import InventoryStore
 from plumbing import db
 from plumbing.config import ServerConfig, exits_on_config_error
 from plumbing.logs import setup_logging
-from plumbing.server import Service, serve
+from plumbing.server import Service, serve, serve_as_group
 from shop.inventory.v1 import inventory_pb2_grpc
 
 
@@ -13,6 +13,8 @@ from shop.inventory.v1 import inventory_pb2_grpc
 def main() -> None:
     config = ServerConfig.from_env("inventory")
     setup_logging("inventory", config.log.level, config.log.format)
+    if serve_as_group(config):
+        return
     engine = db.open_engine(config.database_url, pool_size=config.workers)
     servicer = InventoryServicer(InventoryStore(engine))
     service = Service(SERVICE_NAME, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server)

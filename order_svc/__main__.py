@@ -8,7 +8,7 @@ from plumbing import db
 from plumbing.channels import open_channel
 from plumbing.config import OrderConfig, ServerConfig, exits_on_config_error
 from plumbing.logs import setup_logging
-from plumbing.server import Service, serve
+from plumbing.server import Service, serve, serve_as_group
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2_grpc
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -38,6 +38,8 @@ def main() -> None:
     config = ServerConfig.from_env("order")
     order_config = OrderConfig.from_env()
     setup_logging("order", config.log.level, config.log.format)
+    if serve_as_group(config):
+        return
     engine = db.open_engine(config.database_url, pool_size=config.workers)
     saga, channels = build_saga(order_config, OrderStore(engine))
     servicer = OrderServicer(saga)

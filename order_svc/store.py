@@ -334,7 +334,7 @@ class OrderStore:
     def oldest_pending_created_at(self) -> dt.datetime | None:
         """When the oldest order still PENDING was stored (None: there is none)."""
         with db.read(self.engine) as conn:
-            oldest = conn.execute(sa.select(sa.func.min(orders.c.created_at)).where(orders.c.status == PENDING)).scalar()
+            oldest = conn.execute(sa.select(sa.func.min(orders.c.created_at)).where(orders.c.status == PENDING)).scalar_one()
         return as_utc(oldest)
 
     def release_lease(self, order_id: str, owner: str) -> None:

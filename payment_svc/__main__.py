@@ -5,7 +5,7 @@ from payment_svc.store import PaymentStore
 from plumbing import db
 from plumbing.config import ServerConfig, exits_on_config_error
 from plumbing.logs import setup_logging
-from plumbing.server import Service, serve
+from plumbing.server import Service, serve, serve_as_group
 from shop.payment.v1 import payment_pb2_grpc
 
 
@@ -13,6 +13,8 @@ from shop.payment.v1 import payment_pb2_grpc
 def main() -> None:
     config = ServerConfig.from_env("payment")
     setup_logging("payment", config.log.level, config.log.format)
+    if serve_as_group(config):
+        return
     engine = db.open_engine(config.database_url, pool_size=config.workers)
     servicer = PaymentServicer(PaymentStore(engine))
     service = Service(SERVICE_NAME, servicer, payment_pb2_grpc.add_PaymentServiceServicer_to_server)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 DEFAULT_PORTS = {"inventory": 50051, "payment": 50052, "order": 50053}
 DEFAULT_METRICS_PORTS = {"inventory": 9101, "payment": 9102, "order": 9103}
+# Processes per service (PROCESSES): what measured fastest here (docs/performance.md).
+DEFAULT_PROCESSES = 1
 
 
 class ConfigError(ValueError):
@@ -87,6 +89,8 @@ class ServerConfig:
     drain_delay_s: float
     shutdown_grace_s: float
     max_connection_age_s: float
+    # Processes serving the one port (SO_REUSEPORT); 1 = this process alone.
+    processes: int
     log: LogConfig
 
     @classmethod
@@ -103,6 +107,7 @@ class ServerConfig:
             drain_delay_s=env_float("DRAIN_DELAY_S", 0.0),
             shutdown_grace_s=env_float("SHUTDOWN_GRACE_S", 10.0),
             max_connection_age_s=env_float("MAX_CONNECTION_AGE_S", 30.0, minimum=1.0),
+            processes=env_int("PROCESSES", DEFAULT_PROCESSES, minimum=1),
             log=LogConfig.from_env(),
         )
 

@@ -1,5 +1,6 @@
-"""The server interceptor every service runs: request id, deadline, one JSON
-log line and go-grpc-prometheus metrics per RPC, and ShopError -> status."""
+"""The server interceptor every service runs: request id, deadline, one log
+line per RPC (DEBUG when it went well), go-grpc-prometheus metrics, and
+ShopError -> status."""
 
 import logging
 import time
@@ -14,8 +15,8 @@ from plumbing.logs import request_id_var
 
 log = logging.getLogger("plumbing.rpc")
 
-# Health checks come every few seconds from every probe; they are counted in
-# metrics but not logged.
+# Health checks come every few seconds from every probe: counted in metrics,
+# never logged.
 _QUIET_SERVICES = {"grpc.health.v1.Health"}
 
 
@@ -78,8 +79,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
             elapsed = time.perf_counter() - started
             metrics.labelled(metrics.server_handled, "unary", service, method, code.name).inc()
             metrics.labelled(metrics.server_handling_seconds, "unary", service, method).observe(elapsed)
-            if service not in _QUIET_SERVICES:
-                log.info(
+            # A call that went well is a DEBUG line (one per RPC is most of a
+            # service's log volume and a share of its CPU); any other outcome
+            # stays at INFO. Health checks are never logged.
+            level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO
+            if service not in _QUIET_SERVICES and log.isEnabledFor(level):
+                log.log(
+                    level,
                     "rpc",
                     extra={
                         "grpc_service": service,

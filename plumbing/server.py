@@ -1,9 +1,15 @@
 """The server bootstrap every gRPC service uses: health, reflection, the
 interceptor, a bounded thread pool, the metrics port and a graceful SIGTERM
-drain (health NOT_SERVING -> drain delay -> server.stop(grace))."""
+drain (health NOT_SERVING -> drain delay -> server.stop(grace)); and, with
+PROCESSES > 1, several processes of the service serving one port."""
 
 import logging
+import os
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +47,7 @@ class ShopServer:
         max_concurrent_rpcs: int | None = None,
         max_connection_age_s: float = 30.0,
         host: str = "[::]",
+        share_port: bool = False,
     ):
         self.services = services
         self.health = ObservedHealthServicer(experimental_non_blocking=True)
@@ -54,7 +61,10 @@ class ShopServer:
                 # replicas get their share of long-lived channels.
                 ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", 10_000),
-                ("grpc.so_reuseport", 0),
+                # Only the processes of one service share a port (PROCESSES):
+                # a second shop started by mistake must fail to bind, not
+                # quietly take half the calls.
+                ("grpc.so_reuseport", 1 if share_port else 0),
             ],
         )
         for service in services:
@@ -96,13 +106,17 @@ def serve(
 
     `background` tasks run in daemon threads and get an event set at shutdown.
     """
-    start_metrics_server(config.metrics_port)
+    in_group = os.environ.get(PROCESS_INDEX_ENV) is not None
+    if not in_group:
+        # A process of a group leaves the metrics port to the group's first process.
+        start_metrics_server(config.metrics_port)
     server = ShopServer(
         services,
         config.port,
         workers=config.workers,
         max_concurrent_rpcs=config.max_concurrent_rpcs,
         max_connection_age_s=config.max_connection_age_s,
+        share_port=in_group,
     ).start()
     stopping = threading.Event()
     for task in background:
@@ -124,3 +138,77 @@ def serve(
     server.stop(config.shutdown_grace_s)
     on_stop()
     log.info("stopped")
+
+
+# Set in each process of a group (PROCESSES > 1): its index, from 1.
+PROCESS_INDEX_ENV = "SHOP_PROCESS_INDEX"
+
+
+def serve_as_group(config: ServerConfig) -> bool:
+    """With PROCESSES > 1, run that many copies of this service on its one
+    port (SO_REUSEPORT, as in grpc's multiprocessing example: each process
+    its own GIL, the kernel spreading connections over them), sharing its
+    database, and return once they have all stopped. False when this process
+    is to serve by itself (PROCESSES = 1, or it is one of the copies).
+
+    This process only supervises: it serves the group's metrics (every
+    copy writes to one Prometheus multiprocess folder), passes SIGTERM and
+    SIGINT on, and when a copy exits unasked it stops the rest and exits
+    1, so whatever runs the service (Kubernetes, make run) restarts it whole.
+    """
+    if config.processes <= 1 or os.environ.get(PROCESS_INDEX_ENV) is not None:
+        return False
+    _check_port_free(config.port)
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    metrics_dir = tempfile.mkdtemp(prefix=f"{config.name}-metrics-")
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics_dir)
+    start_http_server(config.metrics_port, registry=registry)
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
+    copies = [
+        subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env={**env, PROCESS_INDEX_ENV: str(n)})
+        for n in range(1, config.processes + 1)
+    ]
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):
+        stopping.set()
+        for copy in copies:
+            if copy.poll() is None:
+                copy.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "serving as a group",
+        extra={"port": config.port, "processes": [c.pid for c in copies], "metrics_dir": metrics_dir},
+    )
+    exit_code = 0
+    while any(copy.poll() is None for copy in copies):
+        failed = [c for c in copies if c.poll() is not None and not stopping.is_set()]
+        if failed:
+            log.error(
+                "a process of the group exited; stopping the others",
+                extra={"pid": failed[0].pid, "exit_code": failed[0].returncode},
+            )
+            exit_code = 1
+            on_signal(signal.SIGTERM, None)
+        time.sleep(0.2)
+    for path in os.listdir(metrics_dir):
+        os.remove(os.path.join(metrics_dir, path))
+    os.rmdir(metrics_dir)
+    if exit_code:
+        raise SystemExit(exit_code)
+    return True
+
+
+def _check_port_free(port: int) -> None:
+    """Bind the port alone, once: the group's copies share it with each
+    other (SO_REUSEPORT) but must not share it with another program."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("::", port))
+        except OSError as error:
+            raise SystemExit(f"cannot serve gRPC on port {port}: {error.strerror}") from None

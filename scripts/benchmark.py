@@ -3,8 +3,11 @@ real processes (scripts/stack.py), a real HTTP load tool (hey, else wrk)
 driving each scenario for a fixed duration and concurrency, and the CPU time
 every process spent per request, read from /proc.
 
-Prints JSON lines on stdout: one describing the run, one per scenario (each
-figure the median of --runs runs), and a summary with the target ratios.
+By default nothing is pinned: the stack runs as `make run` runs it, with its
+default workers, threads and processes. Prints JSON lines on stdout: one
+describing the run, one per scenario (each figure the median of --runs
+runs), a summary of CPU per request, and with --compare the summary of
+../shared/baseline/compare.sh (the seed REST chain side by side).
 Progress goes to stderr. The stack is stopped whatever happens (Ctrl-C,
 SIGTERM, an error).
 """
@@ -16,13 +19,10 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
@@ -30,7 +30,6 @@ from scripts import run_local
 from scripts.stack import Stack, http, plan_stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE_MODULE = "scripts.bench_reference"
 ADMIN_TOKEN = "bench-" + uuid.uuid4().hex
 # Lifted: the limiter still runs on every request, as in production, but
 # never refuses one.
@@ -39,16 +38,15 @@ LIFTED_RATE_LIMIT = "1000000000/minute"
 STOCK_TOP_UP = 10_000_000
 FIVE_PRODUCTS = ("P001", "P002", "P003", "P004", "P005")
 
-# Targets of the issue, checked in the summary line.
-TARGET_GATEWAY_VS_REFERENCE = 0.85
-TARGET_ORDER_CPU_VS_READ_CPU = 3.0
+# The seed REST chain, measured side by side by --compare (when the shared folder is there).
+BASELINE_COMPARE = os.path.join(os.path.dirname(ROOT), "shared", "baseline", "compare.sh")
 
 
 @dataclass(frozen=True)
 class Scenario:
     key: str
     name: str
-    # "gateway", "reference" (HTTP) or "grpc" (GetProduct on inventory, no gateway)
+    # "gateway" (HTTP) or "grpc" (GetProduct on inventory, no gateway)
     target: str
     method: str = "GET"
     path: str = ""
@@ -88,12 +86,6 @@ SCENARIOS = {
         Scenario("get-inventory", "GET /inventory/{id}", "gateway", path="/inventory/P001"),
         Scenario("get-order", "GET /orders/{id}", "gateway", path="/orders/{order_id}"),
         Scenario("grpc-get-product", "gRPC GetProduct (direct, no gateway)", "grpc", expected="OK"),
-        Scenario(
-            "reference-get-inventory",
-            "reference: bare Flask route, one GetProduct (GET /inventory/{id})",
-            "reference",
-            path="/inventory/P001",
-        ),
     )
 }
 
@@ -113,23 +105,16 @@ class LoadTool:
 
 
 def find_load_tool(preferred: str) -> LoadTool:
-    """hey or wrk from PATH; if neither is there, hey from apt-get."""
+    """hey or wrk from PATH."""
     order = [preferred] if preferred != "auto" else ["hey", "wrk"]
     for name in order:
         path = shutil.which(name)
         if path:
             return LoadTool(name, path, _package_version(name))
-    wanted = order[0]
-    say(f"no {' or '.join(order)} on PATH: installing {wanted} with apt-get")
-    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
-    install = [*apt, "install", "-y", "-q", wanted]
-    if subprocess.run(install, stdout=subprocess.DEVNULL).returncode != 0:
-        subprocess.run([*apt, "update", "-q"], stdout=subprocess.DEVNULL)
-        subprocess.run(install, stdout=subprocess.DEVNULL)
-    path = shutil.which(wanted)
-    if not path:
-        raise SystemExit(f"bench: could not install {wanted}; install hey or wrk and run again")
-    return LoadTool(wanted, path, _package_version(wanted))
+    raise SystemExit(
+        f"bench: no {' or '.join(order)} on PATH. Install one and run again, e.g. "
+        "`apt-get install hey` (Debian, Ubuntu) or `brew install hey`."
+    )
 
 
 def _package_version(name: str) -> str:
@@ -271,36 +256,6 @@ def cpu_seconds(root: int) -> float:
 # --- the stack ---------------------------------------------------------------
 
 
-class BenchStack(Stack):
-    """The shop plus the reference app, which answers /health like the gateway."""
-
-    @staticmethod
-    def _ready(spec) -> bool:
-        if spec.module == REFERENCE_MODULE:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{spec.port}/health", timeout=1) as response:
-                    return response.status == 200
-            except (urllib.error.URLError, OSError):
-                return False
-        return Stack._ready(spec)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def plan_bench_stack(environ: dict[str, str], with_reference: bool) -> list:
-    specs = plan_stack(1, environ)
-    if with_reference:
-        gateway = next(s for s in specs if s.module == "gateway")
-        port = _free_port()
-        env = dict(gateway.env, GATEWAY_PORT=str(port))
-        specs.append(run_local.ProcessSpec("reference-1", REFERENCE_MODULE, env, port, None))
-    return specs
-
-
 def short_name(spec) -> str:
     return spec.name.rsplit("-", 1)[0]
 
@@ -338,9 +293,7 @@ class Bench:
     profilers: list = field(default_factory=list)
 
     def url(self, scenario: Scenario) -> str:
-        spec = next(s for s, _ in self.stack.procs if s.module == (
-            "gateway" if scenario.target == "gateway" else REFERENCE_MODULE
-        ))
+        spec = next(s for s, _ in self.stack.procs if s.module == "gateway")
         return f"http://127.0.0.1:{spec.port}" + scenario.path.replace("{order_id}", self.order_id)
 
     @property
@@ -468,29 +421,31 @@ def summarise(scenario: Scenario, runs: list[dict]) -> dict:
 
 
 def summary_line(lines: dict[str, dict]) -> dict:
+    """CPU per order and per read, whole stack and by process."""
     summary: dict = {"summary": True}
-
-    def ratio(a, b):
-        return round(a / b, 3) if a is not None and b else None
-
-    gateway, reference = lines.get("get-inventory"), lines.get("reference-get-inventory")
-    if gateway and reference:
-        value = ratio(gateway["rps"], reference["rps"])
-        summary["gateway_get_inventory_rps_vs_reference"] = value
-        summary["target_min"] = TARGET_GATEWAY_VS_REFERENCE
-        summary["gateway_vs_reference_met"] = value is not None and value >= TARGET_GATEWAY_VS_REFERENCE
-    order, read = lines.get("post-order"), lines.get("get-inventory")
-    if order and read:
-        value = ratio(order["cpu_ms_per_request"]["total"], read["cpu_ms_per_request"]["total"])
-        summary["cpu_post_order_vs_get_inventory"] = value
-        summary["target_max"] = TARGET_ORDER_CPU_VS_READ_CPU
-        summary["cpu_ratio_met"] = value is not None and value <= TARGET_ORDER_CPU_VS_READ_CPU
-    five = lines.get("post-order-5")
-    if five and read:
-        summary["cpu_post_order_5_vs_get_inventory"] = ratio(
-            five["cpu_ms_per_request"]["total"], read["cpu_ms_per_request"]["total"]
-        )
+    for key in ("post-order", "post-order-5", "get-inventory"):
+        if key in lines:
+            summary[f"cpu_ms_per_request_{key}"] = lines[key]["cpu_ms_per_request"]
     return summary
+
+
+def run_compare(rounds: int, duration_s: int) -> dict | None:
+    """../shared/baseline/compare.sh ROUNDS DURATION: the shop (as make run
+    starts it) against the seed REST chain, alternated; its summary line."""
+    if not os.path.exists(BASELINE_COMPARE):
+        say(f"--compare: no {BASELINE_COMPARE}; skipped")
+        return None
+    say(f"side by side with the seed chain: {BASELINE_COMPARE} {rounds} {duration_s}")
+    out = subprocess.run(
+        ["bash", BASELINE_COMPARE, str(rounds), str(duration_s)], cwd=ROOT, capture_output=True, text=True
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("{") and '"summary": true' in line:
+            return {"compare": json.loads(line)}
+        if line.startswith("compare:"):
+            say(line)
+    say(f"compare.sh gave no summary (exit {out.returncode}): {out.stderr[-500:]}")
+    return None
 
 
 def _git_commit() -> str:
@@ -519,10 +474,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tool", choices=("auto", "hey", "wrk"), default="auto", help="load tool (default: hey, else wrk)")
     parser.add_argument(
         "--pin",
-        choices=("split", "loadgen", "none"),
-        default="split",
-        help="split (default): the load tool on the last CPU, the services on the others; loadgen: the "
-        "load tool on the last CPU, the services on every CPU; none: no pinning (taskset)",
+        choices=("none", "split", "loadgen"),
+        default="none",
+        help="none (default, as users run it): no pinning; split: the load tool on the last CPU, the services "
+        "on the others; loadgen: the load tool on the last CPU, the services on every CPU (taskset)",
     )
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of every process (default INFO, as deployed)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and data directory")
@@ -531,7 +486,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="DIR",
         help="py-spy every process during each scenario's first run; collapsed stacks (flamegraph input) in DIR",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="ROUNDS,SECONDS",
+        help="afterwards, run ../shared/baseline/compare.sh ROUNDS SECONDS (the seed REST chain side by side, "
+        "make run defaults) and print its summary; e.g. 3,15",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        try:
+            args.compare = tuple(int(part) for part in args.compare.split(","))
+            if len(args.compare) != 2 or min(args.compare) < 1:
+                raise ValueError
+        except ValueError:
+            parser.error("--compare takes ROUNDS,SECONDS, e.g. 3,15")
     unknown = [key for key in args.scenarios.split(",") if key not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
@@ -583,12 +551,12 @@ def main(argv: list[str]) -> int:
             if args.postgres:
                 admin_url = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
                 environ.update(cleanup.enter_context(postgres_databases(admin_url)))
-            specs = plan_bench_stack(environ, with_reference=any(s.target == "reference" for s in scenarios))
+            specs = plan_stack(1, environ)
             for spec in specs:
                 spec.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
             # The services inherit this affinity; the load tool gets its own CPU.
             os.sched_setaffinity(0, service_cpus)
-            stack = BenchStack(specs, log_dir=workdir)
+            stack = Stack(specs, log_dir=workdir)
             say(f"starting the stack (logs in {workdir})")
             stack.start()
             if loadgen_cpus:
@@ -648,4 +616,8 @@ def main(argv: list[str]) -> int:
                 say(f"logs and data kept in {workdir}")
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
+    if not failed and args.compare:
+        compared = run_compare(*args.compare)
+        if compared is not None:
+            print(json.dumps(compared), flush=True)
     return 1 if failed else 0

@@ -2,9 +2,10 @@
 them as Kubernetes would. `make run-replicated` (--replicas 2) runs two of
 each on PostgreSQL and Redis.
 
-Each process reads the plain names (METRICS_PORT, DATABASE_URL); this
-launcher maps the per-service forms (INVENTORY_METRICS_PORT,
-INVENTORY_DATABASE_URL, ...) onto them, so one environment configures all.
+Each process reads the plain names (METRICS_PORT, DATABASE_URL, PROCESSES);
+this launcher maps the per-service forms (INVENTORY_METRICS_PORT,
+INVENTORY_DATABASE_URL, INVENTORY_PROCESSES, ...) onto them, so one
+environment configures all.
 
 Supervision: an exit that make run did not ask for (a crash, a SIGKILL, a
 SIGTERM from elsewhere) is reported and the process started again after a
@@ -84,8 +85,10 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
         ports = [port + n * REPLICA_PORT_STEP for n in range(replicas)]
         addrs[f"{key}_ADDR"] = environ.get(f"{key}_ADDR") or ",".join(f"localhost:{p}" for p in ports)
         for n, replica_port in enumerate(ports):
-            env = {k: v for k, v in environ.items() if k not in ("METRICS_PORT", "DATABASE_URL")}
+            env = {k: v for k, v in environ.items() if k not in ("METRICS_PORT", "DATABASE_URL", "PROCESSES")}
             env[f"{key}_PORT"] = str(replica_port)
+            if environ.get(f"{key}_PROCESSES"):
+                env["PROCESSES"] = environ[f"{key}_PROCESSES"]
             env["METRICS_PORT"] = str(metrics + n * REPLICA_PORT_STEP)
             if environ.get(f"{key}_DATABASE_URL"):
                 env["DATABASE_URL"] = environ[f"{key}_DATABASE_URL"]

@@ -100,17 +100,17 @@ def plan_stack(replicas: int, environ: dict[str, str]) -> list:
 
 
 def http(method: str, url: str, body=None, headers=None, timeout: float = 30):
-    """(status, headers, parsed JSON body) without raising on 4xx/5xx."""
+    """(status, headers (names case-insensitive), parsed JSON body) without raising on 4xx/5xx."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+            return response.status, response.headers, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         payload = error.read()
-        return error.code, dict(error.headers), json.loads(payload) if payload else None
+        return error.code, error.headers, json.loads(payload) if payload else None
 
 
 def metric_total(port: int, name: str, **labels) -> float:

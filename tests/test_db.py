@@ -1,5 +1,6 @@
-"""plumbing.db: SQLite's single writer, its connection and its transactions."""
+"""plumbing.db: transactions on the driver's connection, SQLite's single writer."""
 
+import sqlite3
 import threading
 
 import pytest
@@ -33,7 +34,7 @@ def test_sqlite_writes_share_one_connection_and_commit_each_transaction(engine):
     drivers = set()
     for value in range(3):
         with db.write(engine) as conn:
-            drivers.add(id(conn.connection.driver_connection))
+            drivers.add(id(conn.driver_connection))
             conn.execute(sa.delete(counters))
             conn.execute(counters.insert().values(name="n", value=value))
     assert len(drivers) == 1
@@ -57,7 +58,7 @@ def test_a_failed_write_rolls_back_and_the_next_one_proceeds(engine):
 
 def test_a_nested_write_fails_at_once_instead_of_hanging(engine):
     with db.write(engine):
-        with pytest.raises(sa.exc.InvalidRequestError):
+        with pytest.raises(RuntimeError, match="do not nest"):
             with db.write(engine):
                 pass
 
@@ -83,10 +84,11 @@ def test_concurrent_writers_of_one_process_lose_no_update(engine):
 def test_dispose_closes_the_writer_connection_and_writes_reopen_it(engine):
     with db.write(engine) as conn:
         conn.execute(counters.insert().values(name="n", value=1))
-        first = conn
+        first = conn.driver_connection
     engine.dispose()
-    assert first.closed
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        first.execute("SELECT 1")
     with db.write(engine) as conn:
-        assert conn is not first
+        assert conn.driver_connection is not first
         conn.execute(counters.update().values(value=5))
     assert _value(engine) == 5

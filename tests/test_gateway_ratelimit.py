@@ -11,6 +11,7 @@ import uuid
 
 from tests.test_gateway_support import (
     assert_error,
+    gateway_config,
     make_client,
     redis_or_skip,
     unused_address,
@@ -131,13 +132,50 @@ def test_memory_storage_counts_without_starting_a_thread_per_request(backends, m
     assert timers == []
 
 
-def test_memory_storage_sweeps_expired_counters():
-    from gateway.ratelimit import SweptMemoryStorage
+def test_host_counters_start_a_new_window_once_the_last_has_ended(tmp_path, monkeypatch):
+    from gateway import ratelimit
 
-    storage = SweptMemoryStorage("gateway-memory://")
-    storage.incr("gone", expiry=-1)
-    storage.incr("kept", expiry=60)
-    storage._next_sweep = 0  # a sweep is due: the next count runs it
-    storage.incr("kept", expiry=60)
-    assert "gone" not in storage.storage
-    assert storage.get("kept") == 2
+    counters = ratelimit.HostCounters(str(tmp_path / "ratelimit.sqlite"))
+    now = 1_000_000.0
+    monkeypatch.setattr(ratelimit.time, "time", lambda: now)
+    assert counters.hit("client", 60) == (1, now + 60)
+    assert counters.hit("client", 60) == (2, now + 60)
+    now += 60
+    assert counters.hit("client", 60) == (1, now + 60)
+
+
+def test_host_counters_purge_ended_windows(tmp_path, monkeypatch):
+    from gateway import ratelimit
+
+    counters = ratelimit.HostCounters(str(tmp_path / "ratelimit.sqlite"))
+    now = 1_000_000.0
+    monkeypatch.setattr(ratelimit.time, "time", lambda: now)
+    counters.hit("gone", 1)
+    counters.hit("kept", 600)
+    now += counters.PURGE_EVERY_S
+    counters.hit("kept", 600)
+    keys = [row[0] for row in counters._connect().execute("SELECT key FROM hits ORDER BY key")]
+    assert keys == ["kept"]
+
+
+def test_memory_storage_is_one_budget_for_every_worker_process_of_the_gateway(backends, tmp_path):
+    """python -m gateway's workers are processes: with RATE_LIMIT_STORAGE=memory://
+    they draw on one budget through the table they share."""
+    import multiprocessing
+
+    from gateway import ratelimit
+
+    config = gateway_config(backends, rate_limit="5/minute", workers=2)
+    ours = ratelimit.RateLimit(config, str(tmp_path))
+    assert [ours.check("10.0.0.9").allowed for _ in range(3)] == [True] * 3
+
+    def other_worker(results):
+        theirs = ratelimit.RateLimit(config, str(tmp_path))
+        results.put([theirs.check("10.0.0.9").allowed for _ in range(3)])
+
+    results = multiprocessing.get_context("fork").Queue()
+    worker = multiprocessing.get_context("fork").Process(target=other_worker, args=(results,))
+    worker.start()
+    assert results.get(timeout=30) == [True, True, False]
+    worker.join(timeout=30)
+    assert ours.check("10.0.0.9").remaining == 0

@@ -400,7 +400,7 @@ def test_writable_paths_are_empty_dirs_or_claims(container_id):
         )
         writable.add(mount["mountPath"])
     if workload["metadata"]["name"] in (*APPS, "postgres"):
-        # Python, gunicorn and PostgreSQL all want a scratch /tmp.
+        # Python, granian and PostgreSQL all want a scratch /tmp.
         assert "/tmp" in writable
     multiproc = container_env(c).get("PROMETHEUS_MULTIPROC_DIR")
     if multiproc:
@@ -416,7 +416,8 @@ def test_termination_grace_outlasts_the_drain(name):
         pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
         drain = float(env.get("DRAIN_DELAY_S", 0)) + float(env.get("SHUTDOWN_GRACE_S", 10))
         if name == "api-gateway":
-            drain = max(drain, 30)  # gunicorn's graceful_timeout
+            # granian lets requests in flight finish: within the upstream deadline.
+            drain = max(drain, float(env.get("UPSTREAM_TIMEOUT_S", 10)))
         assert grace > pre_stop + drain, f"{name}: {grace}s <= {pre_stop} + {drain}"
 
 
@@ -526,10 +527,10 @@ def test_each_service_has_its_own_postgresql_database_and_role(name, monkeypatch
 def test_gateway_config_loads_and_shares_its_rate_limit_in_redis(monkeypatch):
     from gateway.config import GatewayConfig
 
-    # from_env also refuses memory:// storage with several workers.
     config = _load(monkeypatch, app_container("api-gateway"), GatewayConfig.from_env)
     assert config.port == declared_ports(objects("Deployment")["api-gateway"])["http"]
-    assert config.workers > 1
+    # One worker for the pod's one CPU; replicas share one budget in Redis.
+    assert config.workers == 1
     url = urlsplit(config.rate_limit_storage)
     assert url.scheme == "redis"
     assert objects("Service")[_service_port(url.hostname, url.port)["metadata"]["name"]]

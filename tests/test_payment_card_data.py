@@ -90,8 +90,8 @@ def test_card_numbers_and_cvcs_never_reach_the_logs(database_url, capfd):
     root.setLevel(logging.DEBUG)
     sql.setLevel(logging.DEBUG)
     try:
-        # Started after DEBUG is on, so SQLAlchemy logs every statement, its
-        # parameters and the rows it reads.
+        # Started after DEBUG is on, so every statement is logged with its
+        # parameters (and SQLAlchemy's own lines: its pool, its migrations).
         running = harness.run_payment(database_url("payment"))
         try:
             exercise_every_path(payment_pb2_grpc.PaymentServiceStub(running.channel()))

@@ -4,12 +4,14 @@ in the logs, deadlines on every outgoing call, and the SIGTERM drain."""
 import json
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -210,7 +212,7 @@ def test_a_comma_separated_address_list_becomes_a_round_robin_target():
     assert resolve_target("localhost:50051") == "localhost:50051"
 
 
-def test_each_rpc_logs_one_json_line_with_the_callers_request_id(inventory):
+def _rpc_lines(inventory, level: int, call) -> list[dict]:
     lines = []
 
     class Capture(logging.Handler):
@@ -219,17 +221,34 @@ def test_each_rpc_logs_one_json_line_with_the_callers_request_id(inventory):
 
     handler = Capture()
     logger = logging.getLogger("plumbing.rpc")
+    saved = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
     try:
-        stub = inventory_pb2_grpc.InventoryServiceStub(inventory.channel())
-        stub.GetProduct(pb.GetProductRequest(product_id="P001"), metadata=[("x-request-id", "req-42")], timeout=5)
+        call(inventory_pb2_grpc.InventoryServiceStub(inventory.channel()))
     finally:
         logger.removeHandler(handler)
-    rpc_lines = [line for line in lines if line.get("grpc_method") == "GetProduct"]
-    assert len(rpc_lines) == 1
-    assert rpc_lines[0]["request_id"] == "req-42"
-    assert rpc_lines[0]["grpc_code"] == "OK"
+        logger.setLevel(saved)
+    return [line for line in lines if line.get("message") == "rpc"]
+
+
+def test_each_rpc_logs_one_debug_line_with_the_callers_request_id(inventory):
+    def get(stub):
+        stub.GetProduct(pb.GetProductRequest(product_id="P001"), metadata=[("x-request-id", "req-42")], timeout=5)
+
+    assert _rpc_lines(inventory, logging.INFO, get) == []
+    (line,) = _rpc_lines(inventory, logging.DEBUG, get)
+    assert (line["level"], line["grpc_method"], line["grpc_code"]) == ("DEBUG", "GetProduct", "OK")
+    assert line["request_id"] == "req-42"
+
+
+def test_an_rpc_that_fails_logs_its_line_at_info(inventory):
+    def get_unknown(stub):
+        with pytest.raises(grpc.RpcError):
+            stub.GetProduct(pb.GetProductRequest(product_id="NOPE"), metadata=[("x-request-id", "req-43")], timeout=5)
+
+    (line,) = _rpc_lines(inventory, logging.INFO, get_unknown)
+    assert (line["level"], line["grpc_code"], line["request_id"]) == ("INFO", "NOT_FOUND", "req-43")
 
 
 def test_text_log_lines_name_their_service():
@@ -305,6 +324,8 @@ def test_make_run_hands_each_process_its_own_per_service_settings():
         "DATABASE_URL": "sqlite:///not-for-any-one-process.db",
         "METRICS_PORT": "1",
         "DATA_DIR": "/var/shop",
+        "PAYMENT_PROCESSES": "3",
+        "PROCESSES": "7",
     }
     specs = {spec.name: spec for spec in run_local.plan(environ)}
     assert specs["inventory-1"].env["DATABASE_URL"] == "postgresql://db/inventory"
@@ -313,3 +334,52 @@ def test_make_run_hands_each_process_its_own_per_service_settings():
     assert specs["payment-1"].env["METRICS_PORT"] == "9102"
     assert specs["gateway-1"].env["INVENTORY_ADDR"] == "localhost:6051"
     assert {spec.env["DATA_DIR"] for spec in specs.values()} == {"/var/shop"}
+    assert specs["payment-1"].env["PROCESSES"] == "3"
+    assert "PROCESSES" not in specs["order-1"].env
+
+
+def test_processes_serve_one_port_share_the_database_and_stop_together(tmp_path):
+    """PROCESSES=2: two copies of the service on its one port, one metrics
+    port for both, and SIGTERM stops the group gracefully."""
+    port, metrics_port = free_port(), free_port()
+    env = dict(os.environ, INVENTORY_PORT=str(port), METRICS_PORT=str(metrics_port), DATA_DIR=str(tmp_path),
+               PROCESSES="2", LOG_FORMAT="json")  # fmt: skip
+    log_path = tmp_path / "group.log"
+    with open(log_path, "wb") as log:
+        group = subprocess.Popen([sys.executable, "-m", "inventory_svc"], cwd=ROOT, env=env, stderr=log)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        (started,) = [json.loads(line) for line in open(log_path) if "serving as a group" in line]
+        copies = started["processes"]
+        assert len(copies) == 2
+        # Every new connection lands on either copy (40 all on one: 2^-39).
+        for _ in range(40):
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as one:
+                stub = inventory_pb2_grpc.InventoryServiceStub(one)
+                assert stub.GetProduct(pb.GetProductRequest(product_id="P001"), timeout=5).product_id == "P001"
+        counted = {path.name for path in pathlib.Path(started["metrics_dir"]).glob("counter_*.db")}
+        assert counted == {f"counter_{pid}.db" for pid in copies}
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            assert 'grpc_method="GetProduct"' in response.read().decode()
+        assert health_of(channel) == health_pb2.HealthCheckResponse.SERVING
+        channel.close()
+        # A second shop on the same port is refused, not let in beside the group.
+        intruder = subprocess.run([sys.executable, "-m", "inventory_svc"], cwd=ROOT, env=env, capture_output=True,
+                                  timeout=60)  # fmt: skip
+        assert intruder.returncode != 0
+        assert f"cannot serve gRPC on port {port}" in intruder.stderr.decode()
+        group.send_signal(signal.SIGTERM)
+        assert group.wait(timeout=30) == 0
+        assert not any(_alive(pid) for pid in copies)
+    finally:
+        if group.poll() is None:
+            group.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")
+    except (ProcessLookupError, FileNotFoundError):
+        return False
