@@ -362,18 +362,19 @@ class Supervisor:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM every process (each drains), wait, kill what outlives it."""
         self.stopping.set()
-        running = [p.proc for p in self.processes if p.proc is not None]
+        running = [p for p in self.processes if p.proc is not None]
         # os.kill, not Popen.send_signal: that would reap an exited process
         # before _exited could kill what it left in its group.
-        for proc in running:
-            os.kill(proc.pid, signal.SIGTERM)
+        for process in running:
+            os.kill(process.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while running and time.monotonic() < deadline:
-            running = [proc for proc in running if self._exited(proc) is None]
+            running = [p for p in running if self._exited(p.proc) is None]
             time.sleep(POLL_S)
-        for proc in running:
-            os.kill(proc.pid, signal.SIGKILL)
-            self._exited(proc, block=True)
+        for process in running:
+            self.say(f"{process.spec.name} did not stop within {timeout_s:g} s of SIGTERM; killing it")
+            os.kill(process.proc.pid, signal.SIGKILL)
+            self._exited(process.proc, block=True)
         for process in self.processes:
             if process.reader is not None:
                 process.reader.join(timeout=2)
