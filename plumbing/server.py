@@ -208,6 +208,9 @@ def _check_port_free(port: int) -> None:
     """Bind the port alone, once: the group's copies share it with each
     other (SO_REUSEPORT) but must not share it with another program."""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        # As servers bind: connections left in TIME_WAIT by a group that just
+        # died (a crash, a SIGKILL) must not keep its restart off the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("::", port))
         except OSError as error:

@@ -377,6 +377,30 @@ def test_processes_serve_one_port_share_the_database_and_stop_together(tmp_path)
             group.kill()
 
 
+def test_a_group_restarting_on_its_port_is_not_kept_off_by_connections_in_time_wait():
+    from plumbing.server import _check_port_free
+
+    # A server that closes first leaves its side of the connection in TIME_WAIT on its port.
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("::", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("::1", port))
+        accepted, _ = listener.accept()
+        accepted.close()
+        client.recv(1)  # the server's FIN
+        client.close()
+    assert any(f":{port:04X} " in line and line.split()[3] == "06" for line in open("/proc/net/tcp6"))  # TIME_WAIT
+    _check_port_free(port)  # no SystemExit
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as another_program:
+        another_program.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        another_program.bind(("::", port))
+        another_program.listen()
+        with pytest.raises(SystemExit, match=f"cannot serve gRPC on port {port}"):
+            _check_port_free(port)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
