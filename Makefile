@@ -20,9 +20,10 @@ gen: $(INSTALLED)
 run: $(INSTALLED) gen
 	$(BIN)/python -m scripts.run_local
 
-## run-replicated: two replicas of every process on PostgreSQL and Redis (POSTGRES_URL)
+## run-replicated: two replicas of every process on PostgreSQL and Redis (POSTGRES_URL);
+## RUN_ARGS=--reset-databases starts on empty databases
 run-replicated: $(INSTALLED) gen
-	$(BIN)/python -m scripts.run_local --replicas 2
+	$(BIN)/python -m scripts.run_local --replicas 2 $(RUN_ARGS)
 
 ## test: the whole suite (uses PostgreSQL and Redis on localhost when present)
 test: $(INSTALLED)

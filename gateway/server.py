@@ -131,11 +131,7 @@ def _alive(pid: int) -> bool:
 
 def _granian_logging(config: GatewayConfig) -> dict:
     """granian's own lines (workers starting and stopping) in the shop's format, on stderr."""
-    formatter = (
-        {"()": "plumbing.logs.JsonFormatter", "service": "gateway"}
-        if config.log.format == "json"
-        else {"()": "plumbing.logs.TextFormatter"}
-    )
+    formatter = {"()": "plumbing.logs.formatter", "service": "gateway", "fmt": config.log.format}
     return {
         "formatters": {"generic": formatter, "access": formatter},
         "handlers": {

@@ -10,6 +10,7 @@ replicas sharing the database.
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from inventory_svc import metrics
 from inventory_svc.stock import (
     RELEASED,
     RESERVED,
@@ -181,7 +182,8 @@ class InventoryStore:
                     product_id=product_id, delta=delta, reason=reason, created_at=utc_now()
                 )
             )
-            return _product(row)
+        metrics.stock_adjusted(delta)
+        return _product(row)
 
     # Saga steps
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 
+from order_svc import metrics
 from plumbing import tracing
 from plumbing.config import OrderConfig
 from plumbing.deadlines import MARGIN_S, remaining_s, timeout_for_call
@@ -502,7 +503,7 @@ class OrderSaga:
                 raise _Unsettled("inventory", error) from None
             # Reserve is all or nothing and said no: nothing is reserved.
             failure = Failure.of(with_order_id(error, order.id))
-            return self._move(order, owner, None, status=FAILED, step=AT_REST, failure=failure)
+            return _ended(self._move(order, owner, None, status=FAILED, step=AT_REST, failure=failure))
         priced = _with_prices(order, reservation)
         if not priced.currency:
             currencies = {i.currency for i in priced.items}
@@ -601,7 +602,7 @@ class OrderSaga:
     def _release_step(self, order: Order, owner: str) -> Order | None:
         """Give the stock back, then take the decided outcome."""
         self._release_stock(order)
-        released = self._move(order, owner, None, status=order.outcome, step=AT_REST)
+        released = _ended(self._move(order, owner, None, status=order.outcome, step=AT_REST))
         if released is not None:
             log.info("order failed", extra={"order_id": order.id, "outcome": order.outcome})
         return released
@@ -621,7 +622,9 @@ class OrderSaga:
                 self.store.advance(order.id, (CONFIRMED, CANCELLING), None, None, step=AT_REST)
                 raise with_order_id(error, order.id) from None
         self._release_stock(order)
-        cancelled = self.store.advance(order.id, (CONFIRMED, CANCELLING), None, None, status=CANCELLED, step=AT_REST)
+        cancelled = _ended(
+            self.store.advance(order.id, (CONFIRMED, CANCELLING), None, None, status=CANCELLED, step=AT_REST)
+        )
         if cancelled is None:
             return self.get_order(order.id)
         log.info("order cancelled", extra={"order_id": order.id})
@@ -635,7 +638,7 @@ class OrderSaga:
 
     @tracing.saga_step("saga.confirm")
     def _confirm(self, order: Order, owner: str, payment_id: str) -> Order | None:
-        confirmed = self._move(order, owner, None, status=CONFIRMED, step=AT_REST, payment_id=payment_id)
+        confirmed = _ended(self._move(order, owner, None, status=CONFIRMED, step=AT_REST, payment_id=payment_id))
         if confirmed is not None:
             log.info("order confirmed", extra={"order_id": order.id, "payment_id": payment_id})
         return confirmed
@@ -792,6 +795,8 @@ class OrderSaga:
         if self._closed.is_set():
             return 0
         now = utc_now()
+        # On every pass, stuck orders or not: what the alert on them reads.
+        metrics.pending_orders_seen(self.store.oldest_pending_created_at(), now)
         untouched_since = now - dt.timedelta(seconds=self.config.recovery_after_s)
         stuck = self.store.stuck_orders(now, untouched_since, RECOVERY_BATCH)
         return sum(self._recovery_pool.map(self._recover, stuck))
@@ -809,16 +814,20 @@ class OrderSaga:
         token = request_id_var.set(f"recovery-{order_id}")
         log.info("recovering order", extra={"order_id": order_id, "status": order.status, "step": order.step})
         try:
-            self._settle(order, owner)
+            settled = self._settle(order, owner)
+            metrics.recovery_ended(settled.status.lower() if settled is not None else "taken_over")
             return True
         except _Unsettled as unsettled:
+            metrics.recovery_ended("unsettled")
             log.warning("order still unsettled", extra={"order_id": order_id, "cause": str(unsettled)})
             self._give_up_lease(order_id, owner)
         except DatabaseUnavailable as error:
             log.warning("order still unsettled", extra={"order_id": order_id, "cause": str(error)})
         except ShopError as error:
+            metrics.recovery_ended("refused")
             log.warning("recovering order refused", extra={"order_id": order_id, "cause": str(error)})
         except Exception:
+            metrics.recovery_ended("error")
             log.exception("recovering order failed", extra={"order_id": order_id})
             self._give_up_lease(order_id, owner)
         finally:
@@ -884,6 +893,14 @@ def _with_prices(order: Order, reservation) -> Order:
     currencies = {i.currency for i in items}
     total = sum(i.unit_price_cents * i.quantity for i in items)
     return replace(order, items=items, total_cents=total, currency=currencies.pop() if len(currencies) == 1 else "")
+
+
+def _ended(order: Order | None) -> Order | None:
+    """Count an order that a move just took to its final status (None: the
+    move lost its compare-and-set, and whoever won counts it)."""
+    if order is not None:
+        metrics.order_ended(order)
+    return order
 
 
 def _answer(order: Order) -> Order:

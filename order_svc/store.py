@@ -333,6 +333,12 @@ class OrderStore:
             ).first()
             return None if moved is None else self._load_one(conn, order_id)
 
+    def oldest_pending_created_at(self) -> dt.datetime | None:
+        """When the oldest order still PENDING was stored (None: there is none)."""
+        with db.read(self.engine) as conn:
+            oldest = conn.execute(sa.select(sa.func.min(orders.c.created_at)).where(orders.c.status == PENDING)).scalar_one()
+        return as_utc(oldest)
+
     def release_lease(self, order_id: str, owner: str) -> None:
         """Give the lease up, so the next recovery pass may try again."""
         with db.write(self.engine) as conn:

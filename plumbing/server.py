@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from plumbing import tracing
-from plumbing.config import ServerConfig
-from plumbing.health import SHUTTING_DOWN, HealthServicer
+from plumbing.config import ConfigError, ServerConfig
+from plumbing.health import SHUTTING_DOWN
 from plumbing.interceptors import ServerInterceptor
-from plumbing.metrics import start_metrics_server
+from plumbing.metrics import ObservedHealthServicer, start_metrics_server
 from plumbing.readiness import WAITING_FOR_DATABASE, DatabaseReadiness
+from plumbing.reflection import enable_reflection
 
 log = logging.getLogger("plumbing.server")
 
@@ -60,7 +60,7 @@ class ShopServer:
     ):
         self.services = services
         self.ready = ready
-        self.health = HealthServicer(experimental_non_blocking=True)
+        self.health = ObservedHealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
             interceptors=[ServerInterceptor(ready)],
@@ -80,14 +80,15 @@ class ShopServer:
         for service in services:
             service.add_to_server(service.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [s.name for s in services]
-            + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.server,
+        enable_reflection(
+            [s.name for s in services] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self.server
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio's "Failed to bind"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {host}:{port}")
+            raise ConfigError(f"cannot listen on gRPC port {host}:{port}: it is in use (another shop may be running?)")
 
     def start(self) -> "ShopServer":
         self.server.start()
@@ -247,6 +248,9 @@ def _check_port_free(port: int) -> None:
     """Bind the port alone, once: the group's copies share it with each
     other (SO_REUSEPORT) but must not share it with another program."""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        # As servers bind: connections left in TIME_WAIT by a group that just
+        # died (a crash, a SIGKILL) must not keep its restart off the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("::", port))
         except OSError as error:
