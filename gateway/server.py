@@ -33,7 +33,7 @@ STARTED_AT_ENV = "GATEWAY_STARTED_AT"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A worker that has not finished its requests this long after SIGTERM is
 # killed: well past the longest upstream deadline.
-_KILL_MARGIN_S = 20
+_KILL_MARGIN_S = 5
 # Request line and headers together (granian answers 431 over it).
 _MAX_HEAD_BYTES = 64 * 1024
 
