@@ -62,6 +62,11 @@ class Gateway:
 
 
 class GatewayFlask(Flask):
+    def ensure_sync(self, func):
+        # Every view and hook here is a plain function: skip Flask's check
+        # for a coroutine, made four times a request.
+        return func
+
     def make_default_options_response(self):
         # Flask's default is an empty text/html 200; an empty 204 says the same without HTML.
         response = super().make_default_options_response()
