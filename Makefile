@@ -17,15 +17,16 @@ gen: $(INSTALLED)
 	$(BIN)/python scripts/gen_protos.py
 
 # TLS=1: mutual TLS between the processes, with a local CA and certificates in data/tls ($$DATA_DIR/tls)
-RUN_ARGS = $(if $(filter 1,$(TLS)),--tls)
+TLS_ARGS = $(if $(filter 1,$(TLS)),--tls)
 
 ## run: every service on the embedded defaults; Ctrl-C stops them all (TLS=1: over mutual TLS)
 run: $(INSTALLED) gen
-	$(BIN)/python -m scripts.run_local $(RUN_ARGS)
+	$(BIN)/python -m scripts.run_local $(TLS_ARGS)
 
-## run-replicated: two replicas of every process on PostgreSQL and Redis (POSTGRES_URL)
+## run-replicated: two replicas of every process on PostgreSQL and Redis (POSTGRES_URL);
+## RUN_ARGS=--reset-databases starts on empty databases
 run-replicated: $(INSTALLED) gen
-	$(BIN)/python -m scripts.run_local --replicas 2 $(RUN_ARGS)
+	$(BIN)/python -m scripts.run_local --replicas 2 $(RUN_ARGS) $(TLS_ARGS)
 
 ## test: the whole suite (uses PostgreSQL and Redis on localhost when present)
 test: $(INSTALLED)

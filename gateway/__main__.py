@@ -6,6 +6,7 @@ import sys
 
 from gateway.config import GatewayConfig
 from gateway.server import serve
+from plumbing import tracing
 from plumbing.config import ConfigError
 from plumbing.logs import setup_logging
 
@@ -13,6 +14,8 @@ from plumbing.logs import setup_logging
 def main() -> int:
     try:
         config = GatewayConfig.from_env()
+        # Checked here, in the master: a worker refusing it would crash-loop.
+        tracing.exporter_protocol()
     except ConfigError as error:
         print(f"gateway: refusing to start: {error}", file=sys.stderr, flush=True)
         return 2

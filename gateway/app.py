@@ -23,6 +23,7 @@ from gateway.mesh import check_backends, overall_status, service_status
 from gateway.openapi import openapi_document
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
+from plumbing import tracing
 from plumbing.logs import request_id_var
 
 log = logging.getLogger("gateway")
@@ -61,6 +62,11 @@ class Gateway:
 
 
 class GatewayFlask(Flask):
+    def ensure_sync(self, func):
+        # Every view and hook here is a plain function: skip Flask's check
+        # for a coroutine, made four times a request.
+        return func
+
     def make_default_options_response(self):
         # Flask's default is an empty text/html 200; an empty 204 says the same without HTML.
         response = super().make_default_options_response()
@@ -135,7 +141,13 @@ def _begin_request() -> None:
     state.request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
     state.request_id_token = request_id_var.set(state.request_id)
     gateway = _gateway()
-    if gateway.routes.get(req.endpoint) not in OPERATIONS_ROUTES:
+    route = gateway.routes.get(req.endpoint, metrics.UNMATCHED_ROUTE)
+    if tracing.enabled:
+        # Continues the client's traceparent, if it sent one.
+        state.span, state.span_token = tracing.start_server_span(
+            f"{req.method} {route}", req.headers, {"http.request.method": req.method, "http.route": route}
+        )
+    if route not in OPERATIONS_ROUTES:
         # Unknown routes count too: probing paths spends the budget.
         state.rate_limit = verdict = gateway.rate_limit.check(req.remote_addr or "")
         if not verdict.allowed:
@@ -165,6 +177,7 @@ def _finish_request(response):
     status = response.status_code
     elapsed = time.perf_counter() - getattr(state, "started", time.perf_counter())
     metrics.observe_request(route, method, status, elapsed)
+    state.status = status
     if getattr(state, "rate_limited", False):
         metrics.labelled(metrics.rate_limited, route).inc()
     access_log.info(
@@ -183,6 +196,15 @@ def _finish_request(response):
 
 
 def _end_request(_error) -> None:
+    span = g.pop("span", None)
+    if span is not None:
+        status = g.get("status", 500)
+        tracing.end_server_span(
+            span,
+            g.pop("span_token"),
+            error=f"HTTP {status}" if status >= 500 else None,
+            **{"http.response.status_code": status},
+        )
     token = g.pop("request_id_token", None)
     if token is not None:
         request_id_var.reset(token)
@@ -291,7 +313,9 @@ def _add_operations_routes(app: Flask, gateway: Gateway) -> None:
             "backends": {report.backend.name: report.to_json() for report in reports},
         }
         if status != "SERVING":
-            down = ", ".join(r.backend.name for r in reports if r.status != "SERVING")
+            down = ", ".join(
+                f"{r.backend.name} ({r.detail})" if r.detail else r.backend.name for r in reports if r.status != "SERVING"
+            )
             error = gateway_error(grpc.StatusCode.UNAVAILABLE, f"not ready: {down} not serving", "NOT_READY")
             body.update(error.body(g.request_id))
             return _json_response(body, 503)

@@ -150,7 +150,8 @@ def from_upstream(error: grpc.RpcError, backend: str, timeout_s: float) -> ApiEr
             message = _opaque_message(code, backend, timeout_s)
         details = [error_info(reason, {"service": backend})]
     http_status = HTTP_STATUS_BY_REASON.get(reason, HTTP_STATUS_BY_CODE.get(code, 500))
-    headers = {"Retry-After": "1"} if code == grpc.StatusCode.RESOURCE_EXHAUSTED else {}
+    # Overload, a restarting backend or database: worth a retry soon.
+    headers = {"Retry-After": "1"} if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE) else {}
     return ApiError(
         http_status=http_status,
         status=code.name,

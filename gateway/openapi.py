@@ -192,6 +192,7 @@ def _operation(binding: Binding, schemas: _Schemas) -> dict:
         responses["401"] = _error_response("Missing or wrong admin token")
         responses["403"] = _error_response("Admin routes are disabled (no ADMIN_TOKEN)")
     responses["429"] = _error_response("Over the rate limit (see Retry-After)")
+    responses["503"] = _error_response("A backend or its database is unavailable for now (see Retry-After)")
     responses["default"] = _error_response("An error in the API's error shape")
     operation["responses"] = responses
     return operation

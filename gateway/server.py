@@ -23,6 +23,7 @@ from granian.http import HTTP1Settings
 
 from gateway import ratelimit
 from gateway.config import GatewayConfig
+from plumbing import tracing
 from plumbing.logs import setup_logging
 
 log = logging.getLogger("gateway")
@@ -32,7 +33,7 @@ STARTED_AT_ENV = "GATEWAY_STARTED_AT"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A worker that has not finished its requests this long after SIGTERM is
 # killed: well past the longest upstream deadline.
-_KILL_MARGIN_S = 20
+_KILL_MARGIN_S = 5
 # Request line and headers together (granian answers 431 over it).
 _MAX_HEAD_BYTES = 64 * 1024
 
@@ -84,6 +85,7 @@ def worker_app():
 
     config = GatewayConfig.from_env()
     setup_logging("gateway", config.log.level, config.log.format)
+    tracing.setup_tracing("gateway")
     forget_dead_workers(os.environ[METRICS_DIR_ENV])
     return create_app(config, started_at=float(os.environ[STARTED_AT_ENV]))
 
@@ -131,11 +133,7 @@ def _alive(pid: int) -> bool:
 
 def _granian_logging(config: GatewayConfig) -> dict:
     """granian's own lines (workers starting and stopping) in the shop's format, on stderr."""
-    formatter = (
-        {"()": "plumbing.logs.JsonFormatter", "service": "gateway"}
-        if config.log.format == "json"
-        else {"()": "plumbing.logs.TextFormatter"}
-    )
+    formatter = {"()": "plumbing.logs.formatter", "service": "gateway", "fmt": config.log.format}
     return {
         "formatters": {"generic": formatter, "access": formatter},
         "handlers": {

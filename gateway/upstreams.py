@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plumbing.channels import dial, open_channel
 from plumbing.config import TlsConfig, UpstreamConfig
+from plumbing.health import REASON_KEY
 from shop.inventory.v1 import inventory_pb2
 from shop.order.v1 import order_pb2
 from shop.payment.v1 import payment_pb2
@@ -154,7 +155,7 @@ class Upstreams:
         stub = health_pb2_grpc.HealthStub(self.probe_channel(backend_name))
         started = time.perf_counter()
         try:
-            response = stub.Check(
+            response, call = stub.Check.with_call(
                 health_pb2.HealthCheckRequest(service=backend.service.full_name),
                 timeout=timeout_s,
                 metadata=list(metadata),
@@ -166,8 +167,11 @@ class Upstreams:
                 return HealthReport(backend, NOT_SERVING, elapsed, "service unknown to the server")
             return HealthReport(backend, UNREACHABLE, elapsed, error.code().name)
         elapsed = (time.perf_counter() - started) * 1000
-        status = SERVING if response.status == health_pb2.HealthCheckResponse.SERVING else NOT_SERVING
-        return HealthReport(backend, status, elapsed)
+        if response.status == health_pb2.HealthCheckResponse.SERVING:
+            return HealthReport(backend, SERVING, elapsed)
+        # Why, when the backend says (such as "waiting for its database").
+        reason = dict(call.trailing_metadata() or ()).get(REASON_KEY, "")
+        return HealthReport(backend, NOT_SERVING, elapsed, reason)
 
     def close(self) -> None:
         with self._lock:

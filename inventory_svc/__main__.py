@@ -5,6 +5,7 @@ from inventory_svc.store import InventoryStore
 from plumbing import db
 from plumbing.config import ServerConfig, exits_on_config_error
 from plumbing.logs import setup_logging
+from plumbing.readiness import DatabaseReadiness
 from plumbing.server import Service, serve, serve_as_group
 from shop.inventory.v1 import inventory_pb2_grpc
 
@@ -16,9 +17,10 @@ def main() -> None:
     if serve_as_group(config):
         return
     engine = db.open_engine(config.database_url, pool_size=config.workers)
-    servicer = InventoryServicer(InventoryStore(engine))
+    store = InventoryStore(engine)
+    servicer = InventoryServicer(store)
     service = Service(SERVICE_NAME, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server)
-    serve(config, [service], on_stop=engine.dispose)
+    serve(config, [service], on_stop=engine.dispose, database=DatabaseReadiness(engine, store.migrate))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,11 @@
 """Stock rules, with no gRPC and no SQL: what a valid product is, how an
 order's items become per-product quantities, and the seed catalog."""
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 
 from plumbing.validation import Violations
 
-CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
 MAX_PRICE_CENTS = 100_000_000  # $1,000,000: a typo guard, not a business rule
 MAX_STOCK = 1_000_000_000
 MAX_NAME_LENGTH = 200
@@ -74,8 +72,8 @@ def check_product_fields(
         violations.add("name", f"must be 1 to {MAX_NAME_LENGTH} characters")
     if price_cents is not None:
         violations.check_range("price_cents", price_cents, 0, MAX_PRICE_CENTS)
-    if currency is not None and not CURRENCY_PATTERN.match(currency):
-        violations.add("currency", "must be an ISO 4217 code such as USD")
+    if currency is not None:
+        violations.check_currency("currency", currency)
     if available is not None:
         violations.check_range("available", available, 0, MAX_STOCK)
 

@@ -10,6 +10,7 @@ replicas sharing the database.
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from inventory_svc import metrics
 from inventory_svc.stock import (
     RELEASED,
     RESERVED,
@@ -103,7 +104,11 @@ def _seed(conn: Connection) -> None:
 class InventoryStore:
     def __init__(self, engine: Engine, seed: bool = True):
         self.engine = engine
-        db.migrate(engine, metadata, MIGRATIONS, seed=_seed if seed else None)
+        self.seed = seed
+
+    def migrate(self) -> None:
+        """The schema, and the seed catalog into an empty database."""
+        db.migrate(self.engine, metadata, MIGRATIONS, seed=_seed if self.seed else None)
 
     # Catalog
 
@@ -177,7 +182,8 @@ class InventoryStore:
                     product_id=product_id, delta=delta, reason=reason, created_at=utc_now()
                 )
             )
-            return _product(row)
+        metrics.stock_adjusted(delta)
+        return _product(row)
 
     # Saga steps
 

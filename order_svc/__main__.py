@@ -8,6 +8,7 @@ from plumbing import db
 from plumbing.channels import open_channel
 from plumbing.config import OrderConfig, ServerConfig, exits_on_config_error
 from plumbing.logs import setup_logging
+from plumbing.readiness import DatabaseReadiness
 from plumbing.server import Service, serve, serve_as_group
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2_grpc
@@ -43,7 +44,8 @@ def main() -> None:
     if serve_as_group(config):
         return
     engine = db.open_engine(config.database_url, pool_size=config.workers)
-    saga, channels = build_saga(order_config, OrderStore(engine))
+    store = OrderStore(engine)
+    saga, channels = build_saga(order_config, store)
     servicer = OrderServicer(saga)
     service = Service(SERVICE_NAME, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server)
 
@@ -53,7 +55,13 @@ def main() -> None:
             channel.close()
         engine.dispose()
 
-    serve(config, [service], background=[saga.run_recovery], on_stop=on_stop)
+    serve(
+        config,
+        [service],
+        background=[saga.run_recovery],
+        on_stop=on_stop,
+        database=DatabaseReadiness(engine, store.migrate),
+    )
 
 
 if __name__ == "__main__":

@@ -48,9 +48,18 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 
+from order_svc import metrics
+from plumbing import tracing
 from plumbing.config import OrderConfig
 from plumbing.deadlines import MARGIN_S, remaining_s, timeout_for_call
-from plumbing.errors import ShopError, failed_precondition, from_rpc_error, invalid_argument, not_found
+from plumbing.errors import (
+    DatabaseUnavailable,
+    ShopError,
+    failed_precondition,
+    from_rpc_error,
+    invalid_argument,
+    not_found,
+)
 from plumbing.logs import request_id_var
 from plumbing.timestamps import utc_now
 from plumbing.validation import Violations
@@ -310,6 +319,12 @@ def upstream_unavailable(service: str, error: ShopError, order_id: str, conseque
 # unknown outcome (it fails; the background or recovery makes that true).
 RESERVE_UNSETTLED = "failed: nothing was charged and any stock held for it is returned"
 CHARGE_UNSETTLED = "failed: any charge is voided and its stock returned"
+# ... and when this service's own database failed it.
+ORDER_DATABASE = "order database"
+NOT_PLACED = "was not placed: nothing was reserved or charged"
+STORED = "is stored, and will be completed or compensated shortly"
+OUTCOME_UNREAD = "was placed with this idempotency key; its outcome cannot be read now"
+NOT_CANCELLED_YET = "is not cancelled yet; repeating the cancellation is harmless"
 
 
 def payment_declined(order_id: str, payment) -> ShopError:
@@ -373,7 +388,11 @@ class OrderSaga:
     # Reads
 
     def get_order(self, order_id: str) -> Order:
-        order = self.store.get(order_id)
+        try:
+            order = self.store.get(order_id)
+        except DatabaseUnavailable as error:
+            error.with_metadata(order_id=order_id)
+            raise
         if order is None:
             raise not_found("order", order_id)
         return order
@@ -405,18 +424,30 @@ class OrderSaga:
             items=tuple(OrderItem(p, q) for p, q in request.items),
             payment_method=request.payment_method,
         )
-        # The lease covers the Reserve and the Charge.
-        stored = self.store.create(
-            order, request.idempotency_key, request.fingerprint(), owner, self._lease_until(calls=2)
-        )
+        try:
+            # The lease covers the Reserve and the Charge.
+            stored = self.store.create(
+                order, request.idempotency_key, request.fingerprint(), owner, self._lease_until(calls=2)
+            )
+        except DatabaseUnavailable as error:
+            # Stored after all (only its commit's answer was lost), it is
+            # failed by recovery, having reserved and charged nothing.
+            raise upstream_unavailable(ORDER_DATABASE, error, order.id, NOT_PLACED) from None
         if stored is None:
             # A retry, or a concurrent duplicate, stored its order first.
-            existing = self.store.find_by_idempotency_key(request.customer_id, request.idempotency_key)
-            return self._replay(*existing, request, caller_gone)
+            existing, fingerprint = self.store.find_by_idempotency_key(request.customer_id, request.idempotency_key)
+            try:
+                return self._replay(existing, fingerprint, request, caller_gone)
+            except DatabaseUnavailable as error:
+                raise upstream_unavailable(ORDER_DATABASE, error, existing.id, OUTCOME_UNREAD) from None
         # DEBUG: the RPC's own line and the outcome's line tell the story.
         log.debug("order stored", extra={"order_id": stored.id, "customer_id": stored.customer_id})
         try:
             return self._run(stored, owner)
+        except DatabaseUnavailable as error:
+            # Its lease will lapse, so recovery completes or compensates it,
+            # as it does an order whose upstream went away.
+            raise upstream_unavailable(ORDER_DATABASE, error, stored.id, STORED) from None
         except ShopError:
             raise
         except Exception as error:
@@ -469,6 +500,7 @@ class OrderSaga:
     # took it over) and raises _Unsettled when an upstream's answer is not
     # final.
 
+    @tracing.saga_step("saga.reserve")
     def _reserve_step(self, order: Order, owner: str) -> Order | None:
         """Reserve the stock. Reserved, the order comes back priced and still
         at RESERVING, as stored: the Charge goes next, with no write between."""
@@ -480,7 +512,7 @@ class OrderSaga:
                 raise _Unsettled("inventory", error) from None
             # Reserve is all or nothing and said no: nothing is reserved.
             failure = Failure.of(with_order_id(error, order.id))
-            return self._move(order, owner, None, status=FAILED, step=AT_REST, failure=failure)
+            return _ended(self._move(order, owner, None, status=FAILED, step=AT_REST, failure=failure))
         priced = _with_prices(order, reservation)
         if not priced.currency:
             currencies = {i.currency for i in priced.items}
@@ -497,6 +529,7 @@ class OrderSaga:
             )
         )
 
+    @tracing.saga_step("saga.charge")
     def _charge_step(self, order: Order, owner: str) -> Order | None:
         """Charge the total; a decline or a refusal is final, and so is a
         capture."""
@@ -534,6 +567,7 @@ class OrderSaga:
         )
         return self._decide(order, owner, RELEASING, FAILED, error, payment_id=payment.id)
 
+    @tracing.saga_step("saga.recover_placing")
     def _recover_placing_step(self, order: Order, owner: str) -> Order | None:
         """A Reserve and a Charge may have been sent by an actor now gone. A
         charge in place completes the order (a charge follows only a
@@ -563,6 +597,7 @@ class OrderSaga:
             )
         return self._decide(order, owner, VOIDING, FAILED, interrupted(order.id))
 
+    @tracing.saga_step("saga.void")
     def _void_step(self, order: Order, owner: str) -> Order | None:
         """The Charge's outcome is unknown: Void settles it for good (any
         capture refunded, any later Charge refused); then release."""
@@ -572,14 +607,16 @@ class OrderSaga:
             raise _Unsettled("payment", from_rpc_error(rpc_error)) from None
         return self._move(order, owner, self._lease_until(), step=RELEASING)
 
+    @tracing.saga_step("saga.release")
     def _release_step(self, order: Order, owner: str) -> Order | None:
         """Give the stock back, then take the decided outcome."""
         self._release_stock(order)
-        released = self._move(order, owner, None, status=order.outcome, step=AT_REST)
+        released = _ended(self._move(order, owner, None, status=order.outcome, step=AT_REST))
         if released is not None:
             log.info("order failed", extra={"order_id": order.id, "outcome": order.outcome})
         return released
 
+    @tracing.saga_step("saga.cancel")
     def _cancel_step(self, order: Order) -> Order:
         """Refund, release the stock, CANCELLED. Any actor may finish a
         cancellation: each call is idempotent and the last move a CAS."""
@@ -594,7 +631,9 @@ class OrderSaga:
                 self.store.advance(order.id, (CONFIRMED, CANCELLING), None, None, step=AT_REST)
                 raise with_order_id(error, order.id) from None
         self._release_stock(order)
-        cancelled = self.store.advance(order.id, (CONFIRMED, CANCELLING), None, None, status=CANCELLED, step=AT_REST)
+        cancelled = _ended(
+            self.store.advance(order.id, (CONFIRMED, CANCELLING), None, None, status=CANCELLED, step=AT_REST)
+        )
         if cancelled is None:
             return self.get_order(order.id)
         log.info("order cancelled", extra={"order_id": order.id})
@@ -606,8 +645,9 @@ class OrderSaga:
         except grpc.RpcError as rpc_error:
             raise _Unsettled("inventory", from_rpc_error(rpc_error)) from None
 
+    @tracing.saga_step("saga.confirm")
     def _confirm(self, order: Order, owner: str, payment_id: str) -> Order | None:
-        confirmed = self._move(order, owner, None, status=CONFIRMED, step=AT_REST, payment_id=payment_id)
+        confirmed = _ended(self._move(order, owner, None, status=CONFIRMED, step=AT_REST, payment_id=payment_id))
         if confirmed is not None:
             log.info("order confirmed", extra={"order_id": order.id, "payment_id": payment_id})
         return confirmed
@@ -680,6 +720,13 @@ class OrderSaga:
 
     def cancel_order(self, order_id: str) -> Order:
         """Refund, release the stock, CANCELLED. Repeating it is harmless."""
+        try:
+            return self._cancel(order_id)
+        except DatabaseUnavailable as error:
+            # A cancellation cut off midway is finished by recovery.
+            raise upstream_unavailable(ORDER_DATABASE, error, order_id, NOT_CANCELLED_YET) from None
+
+    def _cancel(self, order_id: str) -> Order:
         order = self.get_order(order_id)
         if order.status == CANCELLED:
             return order
@@ -700,11 +747,11 @@ class OrderSaga:
         cancelling = self.store.begin_cancel(order_id, owner, self._lease_until(calls=2))
         if cancelling is None:
             # Cancelled meanwhile by a concurrent cancel: look again.
-            return self.cancel_order(order_id)
+            return self._cancel(order_id)
         try:
             return self._cancel_step(cancelling)
         except _Unsettled as unsettled:
-            self.store.release_lease(order_id, owner)
+            self._give_up_lease(order_id, owner)
             raise upstream_unavailable(
                 unsettled.service, unsettled.error, order_id, "is still CONFIRMED; its cancellation completes when it answers"
             ) from None
@@ -739,7 +786,9 @@ class OrderSaga:
                 self._settle(self.store.get(order_id), owner)
             except _Unsettled as unsettled:
                 log.warning("order left for recovery", extra={"order_id": order_id, "cause": str(unsettled)})
-                self.store.release_lease(order_id, owner)
+                self._give_up_lease(order_id, owner)
+            except DatabaseUnavailable as error:
+                log.warning("order left for recovery", extra={"order_id": order_id, "cause": str(error)})
             except ShopError as error:
                 log.warning("settling order refused", extra={"order_id": order_id, "cause": str(error)})
             except Exception:
@@ -752,7 +801,7 @@ class OrderSaga:
                 self._settling.add(future)
         if not queued:
             log.warning("order left for recovery", extra={"order_id": order_id, "cause": "settling backlog full"})
-            self.store.release_lease(order_id, owner)
+            self._give_up_lease(order_id, owner)
             return
         future.add_done_callback(self._settled)
 
@@ -767,10 +816,13 @@ class OrderSaga:
         if self._closed.is_set():
             return 0
         now = utc_now()
+        # On every pass, stuck orders or not: what the alert on them reads.
+        metrics.pending_orders_seen(self.store.oldest_pending_created_at(), now)
         untouched_since = now - dt.timedelta(seconds=self.config.recovery_after_s)
         stuck = self.store.stuck_orders(now, untouched_since, RECOVERY_BATCH)
         return sum(self._recovery_pool.map(self._recover, stuck))
 
+    @tracing.saga_step("recovery.order")
     def _recover(self, order_id: str) -> bool:
         """Claim one stuck order and settle it; True if this did."""
         owner = self._new_owner()
@@ -783,16 +835,22 @@ class OrderSaga:
         token = request_id_var.set(f"recovery-{order_id}")
         log.info("recovering order", extra={"order_id": order_id, "status": order.status, "step": order.step})
         try:
-            self._settle(order, owner)
+            settled = self._settle(order, owner)
+            metrics.recovery_ended(settled.status.lower() if settled is not None else "taken_over")
             return True
         except _Unsettled as unsettled:
+            metrics.recovery_ended("unsettled")
             log.warning("order still unsettled", extra={"order_id": order_id, "cause": str(unsettled)})
-            self.store.release_lease(order_id, owner)
+            self._give_up_lease(order_id, owner)
+        except DatabaseUnavailable as error:
+            log.warning("order still unsettled", extra={"order_id": order_id, "cause": str(error)})
         except ShopError as error:
+            metrics.recovery_ended("refused")
             log.warning("recovering order refused", extra={"order_id": order_id, "cause": str(error)})
         except Exception:
+            metrics.recovery_ended("error")
             log.exception("recovering order failed", extra={"order_id": order_id})
-            self.store.release_lease(order_id, owner)
+            self._give_up_lease(order_id, owner)
         finally:
             request_id_var.reset(token)
         return False
@@ -804,9 +862,11 @@ class OrderSaga:
             backlog = False
             try:
                 backlog = self.recover_stuck_orders() >= RECOVERY_BATCH
+            except DatabaseUnavailable as error:
+                # The next pass tries again.
+                log.warning("recovery pass postponed", extra={"cause": str(error)})
             except Exception:
                 if not self._closed.is_set():
-                    # The database itself may be away; the next pass tries again.
                     log.exception("recovery pass failed")
             if not backlog:
                 stopping.wait(self.config.recovery_interval_s)
@@ -823,6 +883,14 @@ class OrderSaga:
         self._recovery_pool.shutdown(wait=True, cancel_futures=True)
 
     # Leases
+
+    def _give_up_lease(self, order_id: str, owner: str) -> None:
+        """Let recovery take the order up at once (with the database away,
+        it waits for the lease to lapse instead)."""
+        try:
+            self.store.release_lease(order_id, owner)
+        except DatabaseUnavailable:
+            pass
 
     def _new_owner(self) -> str:
         """A lease owner token: one per actor (a request, a recovery claim),
@@ -847,6 +915,14 @@ def _with_prices(order: Order, reservation) -> Order:
     currencies = {i.currency for i in items}
     total = sum(i.unit_price_cents * i.quantity for i in items)
     return replace(order, items=items, total_cents=total, currency=currencies.pop() if len(currencies) == 1 else "")
+
+
+def _ended(order: Order | None) -> Order | None:
+    """Count an order that a move just took to its final status (None: the
+    move lost its compare-and-set, and whoever won counts it)."""
+    if order is not None:
+        metrics.order_ended(order)
+    return order
 
 
 def _answer(order: Order) -> Order:

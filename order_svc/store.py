@@ -151,7 +151,9 @@ def _order(row, items: list) -> Order:
 class OrderStore:
     def __init__(self, engine: Engine):
         self.engine = engine
-        db.migrate(engine, metadata, MIGRATIONS)
+
+    def migrate(self) -> None:
+        db.migrate(self.engine, metadata, MIGRATIONS)
 
     # Placing
 
@@ -330,6 +332,12 @@ class OrderStore:
                 .returning(orders.c.id)
             ).first()
             return None if moved is None else self._load_one(conn, order_id)
+
+    def oldest_pending_created_at(self) -> dt.datetime | None:
+        """When the oldest order still PENDING was stored (None: there is none)."""
+        with db.read(self.engine) as conn:
+            oldest = conn.execute(sa.select(sa.func.min(orders.c.created_at)).where(orders.c.status == PENDING)).scalar_one()
+        return as_utc(oldest)
 
     def release_lease(self, order_id: str, owner: str) -> None:
         """Give the lease up, so the next recovery pass may try again."""

@@ -39,7 +39,6 @@ MIN_AMOUNT_CENTS = 1
 # A typo guard far above any order (50 items x 1000 x $1,000,000 is 5e12),
 # and below 2**53, so the amount stays exact in any client's JSON number.
 MAX_AMOUNT_CENTS = 10**15
-CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
@@ -179,8 +178,7 @@ def tokenize(number: str, exp_month: int, exp_year: int, cvc: str, now: dt.datet
 def check_charge(violations: Violations, amount_cents: int, currency: str) -> None:
     if not MIN_AMOUNT_CENTS <= amount_cents <= MAX_AMOUNT_CENTS:
         violations.add("amount_cents", f"must be between {MIN_AMOUNT_CENTS} and {MAX_AMOUNT_CENTS}")
-    if not CURRENCY_PATTERN.fullmatch(currency):
-        violations.add("currency", "must be an ISO 4217 code such as USD")
+    violations.check_currency("currency", currency)
 
 
 def authorize(method: PaymentMethod, now: dt.datetime) -> Authorization:

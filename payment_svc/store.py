@@ -16,7 +16,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from payment_svc import charges
+from payment_svc import charges, metrics
 from payment_svc.charges import CAPTURED, REFUNDED, Authorization, Payment, PaymentMethod
 from plumbing import db
 from plumbing.errors import ShopError, failed_precondition, not_found
@@ -105,7 +105,9 @@ def order_voided(order_id: str) -> ShopError:
 class PaymentStore:
     def __init__(self, engine: Engine):
         self.engine = engine
-        db.migrate(engine, metadata, MIGRATIONS)
+
+    def migrate(self) -> None:
+        db.migrate(self.engine, metadata, MIGRATIONS)
 
     # Payment methods
 
@@ -177,7 +179,8 @@ class PaymentStore:
                 updated_at=now,
             )
             conn.execute(_INSERT_PAYMENT, {**payment.__dict__, "payment_method": method.id})
-            return payment
+        metrics.payment_recorded(payment)
+        return payment
 
     def void(self, order_id: str) -> list[Payment]:
         """Settle an order's unknown outcome for good: no Charge may follow,
@@ -196,27 +199,35 @@ class PaymentStore:
                 .where(charge_claims.c.order_id == order_id, charge_claims.c.voided_at.is_(None))
                 .values(voided_at=now, updated_at=now)
             )
-            self._refund_capture(conn, order_id, now)
-            return self._order_payments(conn, order_id)
+            refunded = self._refund_capture(conn, order_id, now)
+            order_payments = self._order_payments(conn, order_id)
+        if refunded is not None:
+            metrics.payment_recorded(refunded)
+        return order_payments
 
     def refund(self, order_id: str) -> Payment:
         """Refund the order's capture; a repeat returns the refunded payment."""
         with db.write(self.engine) as conn:
             refunded = self._refund_capture(conn, order_id, utc_now())
-            if refunded is not None:
-                return refunded
-            existing = self._order_payments(conn, order_id)
-            if not existing:
-                raise no_payment_for_order(order_id)
-            for payment in existing:
-                if payment.status == REFUNDED:
-                    return payment
-            raise failed_precondition(
-                "NOT_REFUNDABLE",
-                f"order {order_id} has no captured payment to refund (it was {existing[0].status.lower()})",
-                order_id=order_id,
-                payment_id=existing[0].id,
-            )
+            if refunded is None:
+                return self._refunded_before(conn, order_id)
+        metrics.payment_recorded(refunded)
+        return refunded
+
+    def _refunded_before(self, conn: Connection, order_id: str) -> Payment:
+        """A Refund that moved nothing: a repeat gets the refunded payment, anything else is refused."""
+        existing = self._order_payments(conn, order_id)
+        if not existing:
+            raise no_payment_for_order(order_id)
+        for payment in existing:
+            if payment.status == REFUNDED:
+                return payment
+        raise failed_precondition(
+            "NOT_REFUNDABLE",
+            f"order {order_id} has no captured payment to refund (it was {existing[0].status.lower()})",
+            order_id=order_id,
+            payment_id=existing[0].id,
+        )
 
     # Reads
 

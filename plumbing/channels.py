@@ -10,7 +10,7 @@ import uuid
 
 import grpc
 
-from plumbing import metrics
+from plumbing import metrics, tracing
 from plumbing import tls as mtls
 from plumbing.config import TlsConfig
 from plumbing.deadlines import timeout_for_call
@@ -131,14 +131,23 @@ class ObservedUnaryUnary(grpc.UnaryUnaryMultiCallable):
         metrics.labelled(metrics.client_handled, "unary", self._service, self._method, code.name).inc()
         self._seconds.observe(time.perf_counter() - started)
 
-    def _failed(self, error: Exception, started: float) -> None:
+    def _failed(self, error: Exception, started: float) -> grpc.StatusCode:
         code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
         # Not an RPC's outcome (a request that would not serialize): grpc's own name for it.
-        self._record(code or grpc.StatusCode.INTERNAL, started)
+        code = code or grpc.StatusCode.INTERNAL
+        self._record(code, started)
+        return code
 
     def _blocking(self, invoke, request, timeout, metadata, credentials, wait_for_ready, compression):
         """A blocking call (`invoke` is the inner __call__ or with_call), observed."""
         timeout, metadata = self._prepare(timeout, metadata)
+        span = None
+        if tracing.enabled:
+            span = tracing.start_client_span(
+                f"{self._service}/{self._method}",
+                metadata,
+                {"rpc.system": "grpc", "rpc.service": self._service, "rpc.method": self._method},
+            )
         started = time.perf_counter()
         try:
             result = invoke(
@@ -150,9 +159,13 @@ class ObservedUnaryUnary(grpc.UnaryUnaryMultiCallable):
                 compression=compression,
             )
         except Exception as error:
-            self._failed(error, started)
+            code = self._failed(error, started)
+            if span is not None:
+                tracing.end_client_span(span, code.name, failed=True)
             raise
         self._record(grpc.StatusCode.OK, started)
+        if span is not None:
+            tracing.end_client_span(span, "OK", failed=False)
         return result
 
     def __call__(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):

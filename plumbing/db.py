@@ -11,13 +11,22 @@ power loss), a busy timeout, and BEGIN IMMEDIATE for every write transaction:
 a deferred transaction's later lock upgrade fails at once, ignoring the busy
 timeout. PostgreSQL runs Read Committed, which re-checks a conditional
 UPDATE's WHERE after waiting for a row lock.
+
+A database that goes away for a while (restarting, crashed, unreachable,
+locked past its timeout) is a condition to retry, not a bug: read() and
+write() raise it as DatabaseUnavailable (UNAVAILABLE, or DEADLINE_EXCEEDED
+for a statement cut off at the deadline), and every wait on the database -
+connecting, a statement, a lock - ends before the deadline of the call being
+served.
 """
 
 import contextlib
 import functools
 import logging
+import math
 import os
 import pathlib
+import sqlite3
 import threading
 import weakref
 import zlib
@@ -25,14 +34,35 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import grpc
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.compiler import Compiled as SQLCompiled
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+from plumbing.deadlines import MARGIN_S, deadline_from_remaining, deadline_var, remaining_s
+from plumbing.errors import DatabaseUnavailable, database_unavailable
 
 log = logging.getLogger("plumbing.db")
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Connecting to PostgreSQL when the caller's deadline allows longer (libpq
+# counts whole seconds, at least 2), or when the URL sets no connect_timeout.
+POSTGRES_CONNECT_TIMEOUT_S = 5
+# A connection to a host that vanished (a failover, a partition) is found
+# dead within about idle + interval * count seconds, not the kernel's hours.
+POSTGRES_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 2, "keepalives_count": 3}
+
+# SQLSTATEs of a database that is away for now: connection exceptions (08),
+# operator intervention (57: admin or crash shutdown, starting up), too many
+# connections, and a read-only standby (a failover in progress).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "57")
+_TRANSIENT_SQLSTATES = {"53300", "25006"}
+# A statement cut off by the statement_timeout the caller's deadline set.
+_QUERY_CANCELED = "57014"
+_SQLITE_LOCK_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
 
 def normalise_url(url: str) -> str:
@@ -48,10 +78,142 @@ def open_engine(url: str, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
         return _open_sqlite(url, pool_size)
     if url.startswith("postgresql+psycopg://"):
-        return sa.create_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=300
-        )
+        return _open_postgres(url, pool_size)
     raise ValueError(f"unsupported DATABASE_URL {url!r}: use sqlite:///path or postgresql://...")
+
+
+# Errors
+
+
+def unavailable(error: BaseException) -> DatabaseUnavailable | None:
+    """What a transient database failure answers (UNAVAILABLE; DEADLINE_EXCEEDED
+    for a statement cut off at the caller's deadline), or None when `error`
+    is not one (a bug, a constraint: INTERNAL is right for those)."""
+    if isinstance(error, DatabaseUnavailable):
+        return error
+    orig = error.orig if isinstance(error, sa.exc.DBAPIError) else error
+    if isinstance(orig, psycopg.Error):
+        sqlstate = orig.sqlstate
+        if sqlstate == _QUERY_CANCELED:
+            return database_unavailable(
+                "the service's database did not answer within the call's deadline", grpc.StatusCode.DEADLINE_EXCEEDED
+            )
+        # Without a SQLSTATE: the client's side of a failed connection
+        # (refused, reset, closed, timed out, "starting up", "shutting down").
+        if (
+            (sqlstate is None and isinstance(orig, psycopg.OperationalError))
+            or (sqlstate or "")[:2] in _TRANSIENT_SQLSTATE_CLASSES
+            or sqlstate in _TRANSIENT_SQLSTATES
+        ):
+            return _database_away()
+    if isinstance(orig, sqlite3.OperationalError) and (getattr(orig, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_LOCK_CODES:
+        return _database_locked()
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return _database_away()
+    return None
+
+
+def describe(error: BaseException) -> str:
+    """The driver's own first line about a database error, for a log line
+    (not for callers: it names hosts and ports)."""
+    orig = error.__cause__ if isinstance(error, DatabaseUnavailable) and error.__cause__ else error
+    orig = orig.orig if isinstance(orig, sa.exc.DBAPIError) else orig
+    text = str(orig).strip()
+    return f"{type(orig).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _database_away() -> DatabaseUnavailable:
+    return database_unavailable("the service's database is unreachable or restarting; retry shortly")
+
+
+def _database_locked() -> DatabaseUnavailable:
+    return database_unavailable(
+        "the service's database is locked by another writer for longer than this call could wait; retry shortly"
+    )
+
+
+@contextlib.contextmanager
+def _raising_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        translated = unavailable(error)
+        if translated is None:
+            raise
+        raise translated from error
+
+
+def _bounded_s(default_s: float) -> float:
+    """default_s, or less: a wait on the database ends in time for the
+    service to answer its caller, as an outgoing call's does (MARGIN_S
+    before the deadline); but a write that records an outcome within that
+    margin still gets half of what is left."""
+    left = remaining_s()
+    if left is None:
+        return default_s
+    return min(default_s, max(left - MARGIN_S, left / 2))
+
+
+# PostgreSQL
+
+
+class _PostgresDialect(PGDialect_psycopg):
+    """psycopg, with BEGIN sent by us (the driver is in autocommit mode, so
+    it sends none of its own) the moment a transaction begins, carrying the
+    caller's deadline as the transaction's statement_timeout in the same
+    round trip. Sent at once, BEGIN also finds a pooled connection that the
+    database dropped (a restart, a crash) before any statement of the
+    transaction has run; _transaction() then begins again on a fresh one.
+    That is pool_pre_ping's check without its round trip on every checkout."""
+
+    supports_statement_cache = True
+
+    def on_connect(self):
+        inherited = super().on_connect()
+
+        def on_connect(dbapi_connection):
+            if inherited is not None:
+                inherited(dbapi_connection)
+            dbapi_connection.autocommit = True
+
+        return on_connect
+
+    def do_begin(self, dbapi_connection):
+        _begin_postgres(dbapi_connection)
+
+
+def _begin_postgres(dbapi_connection) -> None:
+    timeout_s = _bounded_s(math.inf)
+    if timeout_s == math.inf:
+        dbapi_connection.execute("BEGIN")
+    else:
+        # At least 1 ms: 0 would mean no timeout at all.
+        dbapi_connection.execute(f"BEGIN; SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
+
+
+sa.dialects.registry.register("postgresql.shop_psycopg", __name__, "_PostgresDialect")
+
+
+def _open_postgres(url: str, pool_size: int) -> Engine:
+    engine = sa.create_engine(
+        sa.engine.make_url(url).set(drivername="postgresql+shop_psycopg"),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=300,
+    )
+
+    @sa.event.listens_for(engine, "do_connect")
+    def bounded_connect(_dialect, _record, _cargs, cparams):
+        # cparams is this attempt's own copy.
+        default_s = float(cparams.get("connect_timeout", POSTGRES_CONNECT_TIMEOUT_S))
+        cparams["connect_timeout"] = max(2, int(_bounded_s(default_s)))
+        for name, value in POSTGRES_KEEPALIVES.items():
+            cparams.setdefault(name, value)
+
+    return engine
+
+
+# SQLite
 
 
 def _open_sqlite(url: str, pool_size: int) -> Engine:
@@ -82,13 +244,27 @@ def _open_sqlite(url: str, pool_size: int) -> Engine:
         immediate = connection.get_execution_options().get("sqlite_immediate", False)
         # Straight to the driver: a statement through SQLAlchemy here cost
         # more than the BEGIN itself, on every transaction.
-        connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        driver = connection.connection.driver_connection
+        _begin_sqlite(driver, immediate)
 
     @sa.event.listens_for(engine, "engine_disposed")
     def on_dispose(_engine):
         _database(engine).close_writer()
 
     return engine
+
+
+def _begin_sqlite(driver_connection, immediate: bool) -> None:
+    if immediate:
+        # Another process's write lock is waited for no longer than the caller's deadline allows.
+        busy_ms = max(1, int(_bounded_s(SQLITE_BUSY_TIMEOUT_MS / 1000) * 1000))
+        driver_connection.execute(f"PRAGMA busy_timeout={busy_ms}")
+        driver_connection.execute("BEGIN IMMEDIATE")
+    else:
+        driver_connection.execute("BEGIN")
+
+
+# Statements on the driver
 
 
 class Rows:
@@ -149,7 +325,7 @@ class _Plan:
             (name, by_name[name].type.dialect_impl(dialect).bind_processor(dialect) if name in by_name else None)
             for name in names
         )
-        columns = list(statement.exported_columns) if isinstance(statement, sa.sql.base.Executable) else []
+        columns = list(getattr(statement, "exported_columns", ()))
         row = processors = None
         if columns:
             row = namedtuple("Row", [c.key for c in columns], rename=True)
@@ -272,49 +448,103 @@ def _database(engine: Engine) -> _Database:
     return database
 
 
+# Transactions
+
+
 @contextlib.contextmanager
 def write(engine: Engine) -> Iterator[Tx]:
-    """A write transaction: committed on success, rolled back on error."""
+    """A write transaction: committed on success, rolled back on error;
+    DatabaseUnavailable when the database is away."""
     database = _database(engine)
-    if database.sqlite:
-        if not database.writer_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
-            raise TimeoutError("no turn to write within the busy timeout")
+    with _raising_unavailable():
+        if not database.sqlite:
+            with _transaction(engine, database) as tx:
+                yield tx
+            return
+        # The turn is waited for no longer than the caller's deadline allows.
+        if not database.writer_lock.acquire(timeout=max(0.0, _bounded_s(SQLITE_BUSY_TIMEOUT_MS / 1000))):
+            raise _database_locked()
         try:
             connection = database.writer().driver_connection
             if connection.in_transaction:
                 # Reentrant lock, so this fails at once instead of waiting on itself.
                 raise RuntimeError("a write transaction is open in this thread already: writes do not nest")
-            with _transaction(database, connection, "BEGIN IMMEDIATE") as tx:
+            _begin_sqlite(connection, immediate=True)
+            with _committed(database, connection) as tx:
                 yield tx
         finally:
             database.writer_lock.release()
-        return
-    with contextlib.closing(engine.raw_connection()) as connection:
-        with _transaction(database, connection.driver_connection, None) as tx:
-            yield tx
 
 
 @contextlib.contextmanager
 def read(engine: Engine) -> Iterator[Tx]:
-    """A read-only transaction: one consistent snapshot."""
+    """A read-only transaction: one consistent snapshot; DatabaseUnavailable
+    when the database is away."""
     database = _database(engine)
-    with contextlib.closing(engine.raw_connection()) as connection:
-        with _transaction(database, connection.driver_connection, "BEGIN" if database.sqlite else None) as tx:
-            yield tx
+    with _raising_unavailable(), _transaction(engine, database) as tx:
+        yield tx
 
 
 @contextlib.contextmanager
-def _transaction(database: _Database, driver_connection, begin: str | None) -> Iterator[Tx]:
-    # SQLite's driver leaves transactions to us (isolation_level None);
-    # psycopg opens one at the first statement.
-    if begin:
-        driver_connection.execute(begin)
+def _transaction(engine: Engine, database: "_Database") -> Iterator[Tx]:
+    """A pooled connection in a new transaction. A PostgreSQL connection
+    found dead at BEGIN (a database restart closed it) has run nothing: it
+    and the pooled connections beside it are dropped, and the transaction
+    begins once more, on a fresh connection."""
+    for attempt in (1, 2):
+        connection = engine.raw_connection()
+        driver = connection.driver_connection
+        try:
+            if database.sqlite:
+                _begin_sqlite(driver, immediate=False)
+            else:
+                _begin_postgres(driver)
+        except BaseException as error:
+            if attempt == 1 and not database.sqlite and isinstance(error, psycopg.OperationalError):
+                connection.invalidate(error)
+                # The database restarted: every pooled connection is as dead.
+                engine.dispose()
+                continue
+            connection.close()
+            raise
+        break
+    try:
+        with _committed(database, driver) as tx:
+            yield tx
+    except BaseException as error:
+        if unavailable(error) is not None:
+            connection.invalidate(error)
+        raise
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def _committed(database: "_Database", driver_connection) -> Iterator[Tx]:
+    """The transaction begun on `driver_connection`, committed when the block
+    ends, rolled back if it raises. (Both drivers leave transactions to us:
+    SQLite's with isolation_level None, psycopg's in autocommit mode.)"""
     try:
         yield Tx(database, driver_connection)
     except BaseException:
-        driver_connection.rollback()
+        with contextlib.suppress(Exception):
+            driver_connection.execute("ROLLBACK")
         raise
-    driver_connection.commit()
+    driver_connection.execute("COMMIT")
+
+
+def ping(engine: Engine, timeout_s: float) -> None:
+    """One round trip to the database, given timeout_s for all of it;
+    raises DatabaseUnavailable if it does not answer."""
+    token = deadline_var.set(deadline_from_remaining(timeout_s))
+    try:
+        with read(engine) as tx:
+            tx.execute(_SELECT_1)
+    finally:
+        deadline_var.reset(token)
+
+
+_SELECT_1 = sa.text("SELECT 1")
 
 
 def insert_if_absent(conn: Tx, table: sa.Table, values: dict) -> bool:
@@ -360,7 +590,11 @@ def migrate(
         sa.Column("version", sa.Integer, primary_key=True),
         sa.Column("applied_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     )
-    with engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+    with (
+        _raising_unavailable(),
+        engine.connect().execution_options(sqlite_immediate=True) as conn,
+        conn.begin(),
+    ):
         if engine.dialect.name == "postgresql":
             key = zlib.crc32(",".join(sorted(metadata.tables)).encode())
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})

@@ -52,6 +52,19 @@ class ShopError(Exception):
         return rpc_status.to_status(proto)
 
 
+class DatabaseUnavailable(ShopError):
+    """The service's own database did not answer for now (unreachable,
+    restarting, crashed, locked past its timeout): UNAVAILABLE, a condition
+    to retry, never INTERNAL. plumbing.db raises it; the order saga names
+    the order it hit."""
+
+
+def database_unavailable(message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> DatabaseUnavailable:
+    """`message` tells the caller what to expect; the driver's own text (it
+    names hosts and ports) is for the log alone."""
+    return DatabaseUnavailable(code, message, code.name, {"cause": "database"})
+
+
 def _pack(message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)

@@ -3,17 +3,23 @@ first (plumbing/access.py); then request id, deadline, one log line per RPC
 (DEBUG when it went well), go-grpc-prometheus metrics, and ShopError -> status."""
 
 import logging
+import threading
 import time
 import uuid
 
 import grpc
 
-from plumbing import access, metrics
+from plumbing import access, metrics, tracing
 from plumbing.deadlines import deadline_from_remaining, deadline_var
-from plumbing.errors import ShopError
+from plumbing.errors import ShopError, database_unavailable
 from plumbing.logs import request_id_var
 
 log = logging.getLogger("plumbing.rpc")
+
+
+def _not_ready() -> ShopError:
+    return database_unavailable("the service is starting: it is waiting for its database; retry shortly")
+
 
 # Health checks come every few seconds from every probe: counted in metrics,
 # never logged.
@@ -21,8 +27,13 @@ _QUIET_SERVICES = {"grpc.health.v1.Health"}
 
 
 class ServerInterceptor(grpc.ServerInterceptor):
-    def __init__(self, enforce_callers: bool = False):
-        # With TLS on: every RPC admits only the callers its table entry names.
+    """`ready`, when given: until it is set (the database prepared), calls
+    but health checks answer UNAVAILABLE instead of reaching a store
+    without its tables. `enforce_callers` (TLS on): every RPC admits only
+    the callers its table entry names."""
+
+    def __init__(self, ready: threading.Event | None = None, enforce_callers: bool = False):
+        self._ready = ready
         self._enforce_callers = enforce_callers
         # method -> (the service's handler, the observed handler wrapping it):
         # wrapped once per method, not once per call.
@@ -65,6 +76,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
         request_id = request_id or uuid.uuid4().hex
         rid_token = request_id_var.set(request_id)
         deadline_token = deadline_var.set(deadline_from_remaining(context.time_remaining()))
+        span = None
+        if tracing.enabled:
+            span, span_token = tracing.start_server_span(
+                f"{service}/{method}",
+                dict(context.invocation_metadata()),
+                {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+            )
         metrics.labelled(metrics.server_started, "unary", service, method).inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -73,6 +91,8 @@ class ServerInterceptor(grpc.ServerInterceptor):
             if check is not None:
                 # Before anything the service does, validation included.
                 caller_token = access.caller_var.set(check(context))
+            if self._ready is not None and not self._ready.is_set() and service not in _QUIET_SERVICES:
+                raise _not_ready()
             response = behavior(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response
@@ -107,6 +127,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
                         "duration_ms": round(elapsed * 1000, 2),
                         "peer": context.peer(),
                     },
+                )
+            if span is not None:
+                tracing.end_server_span(
+                    span,
+                    span_token,
+                    error=None if code is grpc.StatusCode.OK else code.name,
+                    **{"rpc.grpc.status_code": code.name},
                 )
             if caller_token is not None:
                 access.caller_var.reset(caller_token)

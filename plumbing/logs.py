@@ -10,6 +10,8 @@ import logging
 import sys
 import time
 
+from plumbing import tracing
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -43,6 +45,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             line["request_id"] = request_id
+        ids = tracing.current_ids()
+        if ids:
+            line["trace_id"], line["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 line[key] = value
@@ -52,20 +57,35 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line for a human: time, level, service, logger, message, then the
+    fields as key=value, request_id first (once, whether it came from the
+    context or from the record's fields)."""
+
+    def __init__(self, service: str):
+        super().__init__()
+        self.service = service
+
     def format(self, record: logging.LogRecord) -> str:
-        extras = {
-            k: v
-            for k, v in record.__dict__.items()
-            if k not in _STANDARD_ATTRS and not k.startswith("_")
-        }
+        fields = {}
         request_id = request_id_var.get()
-        text = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
         if request_id:
-            text += f" request_id={request_id}"
-        text += "".join(f" {k}={v}" for k, v in extras.items())
+            fields["request_id"] = request_id
+        ids = tracing.current_ids()
+        if ids:
+            fields["trace_id"], fields["span_id"] = ids
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                fields[key] = value
+        text = f"{self.formatTime(record)} {record.levelname} {self.service} {record.name}: {record.getMessage()}"
+        text += "".join(f" {k}={v}" for k, v in fields.items())
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+def formatter(service: str, fmt: str) -> logging.Formatter:
+    """The formatter of LOG_FORMAT `fmt` (json or text) for `service`'s lines."""
+    return JsonFormatter(service) if fmt == "json" else TextFormatter(service)
 
 
 def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
@@ -76,7 +96,7 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service) if fmt == "json" else TextFormatter())
+    handler.setFormatter(formatter(service, fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -2,7 +2,11 @@
 dashboards and alerts for gRPC work unchanged."""
 
 import prometheus_client
-from prometheus_client import Counter, Histogram
+from grpc_health.v1 import health_pb2
+from prometheus_client import Counter, Gauge, Histogram
+
+from plumbing.config import ConfigError
+from plumbing.health import HealthServicer
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -35,6 +39,35 @@ client_handling_seconds = Histogram(
 )
 
 
+serving = Gauge(
+    "shop_grpc_serving",
+    "1 while this process's health service reports the gRPC service SERVING, else 0.",
+    ["grpc_service"],
+    # Several processes of one service (PROCESSES): SERVING only if all are.
+    multiprocess_mode="min",
+)
+
+
+class ObservedHealthServicer(HealthServicer):
+    """The shop's health servicer (plumbing.health), each service's status mirrored in
+    shop_grpc_serving: a process that is up (scraped) but NOT_SERVING - its
+    drain, its database away - is visible to an alert, not only to a probe."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._draining = False
+
+    def set(self, service, status):
+        super().set(service, status)
+        # As the servicer itself does: once draining, statuses stay NOT_SERVING.
+        if service and not self._draining:
+            serving.labels(service).set(1 if status == health_pb2.HealthCheckResponse.SERVING else 0)
+
+    def enter_graceful_shutdown(self):
+        super().enter_graceful_shutdown()
+        self._draining = True
+
+
 # (metric, label values) -> its child: labels() takes a lock and builds a key
 # on every call, and every RPC counts itself three times. Bounded as the
 # series themselves are.
@@ -58,4 +91,9 @@ def split_method(full_method: str) -> tuple[str, str]:
 
 def start_metrics_server(port: int, host: str = "0.0.0.0"):
     """The /metrics HTTP server, in a daemon thread: (server, thread)."""
-    return prometheus_client.start_http_server(port, addr=host)
+    try:
+        return prometheus_client.start_http_server(port, addr=host)
+    except OSError as error:
+        raise ConfigError(
+            f"METRICS_PORT={port}: cannot listen there ({error.strerror}); another shop may be running"
+        ) from None

@@ -1,8 +1,9 @@
 """The server bootstrap every gRPC service uses: health, reflection, the
 interceptor, a bounded thread pool, the metrics port and a graceful SIGTERM
-drain (health NOT_SERVING -> drain delay -> server.stop(grace)); mutual TLS
-when configured, with health alone in plaintext on HEALTH_PORT; and, with
-PROCESSES > 1, several processes of the service serving one port."""
+drain (health NOT_SERVING -> drain delay -> server.stop(grace)); readiness
+(see plumbing.health) follows the service's database; mutual TLS when
+configured, with health alone in plaintext on HEALTH_PORT; and, with
+PROCESSES > 1, several processes of the service serve one port."""
 
 import logging
 import os
@@ -18,13 +19,16 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plumbing import tls as mtls
-from plumbing.config import ServerConfig, TlsConfig
+from plumbing import tracing
+from plumbing.config import ConfigError, ServerConfig, TlsConfig
+from plumbing.health import SHUTTING_DOWN
 from plumbing.interceptors import ServerInterceptor
-from plumbing.metrics import start_metrics_server
+from plumbing.metrics import ObservedHealthServicer, start_metrics_server
+from plumbing.readiness import WAITING_FOR_DATABASE, DatabaseReadiness
+from plumbing.reflection import enable_reflection
 
 log = logging.getLogger("plumbing.server")
 
@@ -49,7 +53,12 @@ class Service:
 
 
 class ShopServer:
-    """A started gRPC server with health and reflection for its services."""
+    """A started gRPC server with health and reflection for its services.
+
+    With `ready` (set once its database is prepared), the services start
+    NOT_SERVING, and every call but health checks answers UNAVAILABLE until
+    it is set. With `tls`, it serves mutual TLS and enforces the caller
+    table; `health_port` serves health alone in plaintext."""
 
     def __init__(
         self,
@@ -60,16 +69,18 @@ class ShopServer:
         max_connection_age_s: float = 30.0,
         host: str = "::",
         share_port: bool = False,
+        ready: threading.Event | None = None,
         tls: TlsConfig | None = None,
         reflection_enabled: bool = True,
         health_port: int | None = None,
     ):
         self.services = services
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.ready = ready
+        self.health = ObservedHealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
             # With TLS on, each RPC admits only the callers its table entry names.
-            interceptors=[ServerInterceptor(enforce_callers=tls is not None)],
+            interceptors=[ServerInterceptor(ready, enforce_callers=tls is not None)],
             # Overload answers RESOURCE_EXHAUSTED instead of an unbounded queue.
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[
@@ -88,17 +99,11 @@ class ShopServer:
             service.add_to_server(service.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if reflection_enabled:
-            reflection.enable_server_reflection(
-                [s.name for s in services]
-                + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-                self.server,
+            enable_reflection(
+                [s.name for s in services] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self.server
             )
-        if tls is None:
-            self.port = self.server.add_insecure_port(address(host, port))
-        else:
-            self.port = self.server.add_secure_port(address(host, port), mtls.server_credentials(tls))
-        if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {address(host, port)}")
+        credentials = None if tls is None else mtls.server_credentials(tls)
+        self.port = _listen(self.server, host, port, credentials)
         # Kubelet's gRPC probes speak no TLS: the same health statuses, alone,
         # in plaintext on a port of their own.
         self.health_server = None
@@ -112,20 +117,28 @@ class ShopServer:
                 ],
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            self.health_port = self.health_server.add_insecure_port(address(host, health_port))
-            if self.health_port == 0:
-                raise OSError(f"cannot bind the health port {address(host, health_port)}")
+            self.health_port = _listen(self.health_server, host, health_port)
 
     def start(self) -> "ShopServer":
         self.server.start()
         if self.health_server is not None:
             self.health_server.start()
-        for name in ["", *(s.name for s in self.services)]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        ready = self.ready is None or self.ready.is_set()
+        self.set_serving(ready, "" if ready else WAITING_FOR_DATABASE)
         return self
+
+    def set_serving(self, serving: bool, reason: str = "") -> None:
+        """Readiness: every service SERVING, or NOT_SERVING for `reason`.
+        "" (liveness) is left as it is; after begin_shutdown nothing changes."""
+        self.health.reason = "" if serving else reason
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in self.services:
+            self.health.set(service.name, status)
 
     def begin_shutdown(self) -> None:
         """Health turns NOT_SERVING for every service; calls still run."""
+        self.health.reason = SHUTTING_DOWN
         self.health.enter_graceful_shutdown()
 
     def stop(self, grace_s: float) -> None:
@@ -136,16 +149,37 @@ class ShopServer:
             self.health_server.stop(0).wait()
 
 
+def _listen(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind the port (mutual TLS with credentials); the port bound."""
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address(host, port))
+        else:
+            bound = server.add_secure_port(address(host, port), credentials)
+    except RuntimeError:  # grpcio's "Failed to bind"
+        bound = 0
+    if bound == 0:
+        raise ConfigError(
+            f"cannot listen on gRPC port {address(host, port)}: it is in use (another shop may be running?)"
+        )
+    return bound
+
+
 def serve(
     config: ServerConfig,
     services: list[Service],
     background: list[Callable[[threading.Event], None]] = (),
     on_stop: Callable[[], None] = lambda: None,
+    database: DatabaseReadiness | None = None,
 ) -> None:
     """Run a service process until SIGTERM or SIGINT, then drain and stop.
 
-    `background` tasks run in daemon threads and get an event set at shutdown.
+    With a `database`, the services serve NOT_SERVING until it is prepared
+    (however long that takes), and readiness follows it from then on.
+    `background` tasks run in daemon threads, once the database is prepared,
+    and get an event set at shutdown.
     """
+    tracing.setup_tracing(config.name)
     in_group = os.environ.get(PROCESS_INDEX_ENV) is not None
     if not in_group:
         # A process of a group leaves the metrics port to the group's first process.
@@ -158,6 +192,7 @@ def serve(
         max_connection_age_s=config.max_connection_age_s,
         host=config.bind_host,
         share_port=in_group,
+        ready=database.prepared if database else None,
         tls=config.tls,
         reflection_enabled=config.reflection,
         health_port=config.health_port,
@@ -165,8 +200,6 @@ def serve(
     if config.tls is None:
         log.warning("TLS is off: the caller table is not enforced, every peer may call every RPC")
     stopping = threading.Event()
-    for task in background:
-        threading.Thread(target=task, args=(stopping,), name=task.__name__, daemon=True).start()
 
     def on_signal(signum, _frame):
         log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
@@ -174,21 +207,37 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info(
-        "serving",
-        extra={
-            "port": server.port,
-            "metrics_port": config.metrics_port,
-            "services": [s.name for s in services],
-            "tls_identity": config.tls.identity if config.tls else None,
-            "health_port": server.health_port,
-        },
-    )
+    try:
+        prepared = database is None or database.wait_until_prepared(stopping)
+    except BaseException:
+        server.stop(0)  # a migration that cannot succeed: exit, saying why
+        raise
+    if prepared:
+        if database is not None:
+            server.set_serving(True)
+
+            def watch_database(stopping: threading.Event) -> None:
+                database.watch(stopping, server.set_serving)
+
+            background = [*background, watch_database]
+        for task in background:
+            threading.Thread(target=task, args=(stopping,), name=task.__name__, daemon=True).start()
+        log.info(
+            "serving",
+            extra={
+                "port": server.port,
+                "metrics_port": config.metrics_port,
+                "services": [s.name for s in services],
+                "tls_identity": config.tls.identity if config.tls else None,
+                "health_port": server.health_port,
+            },
+        )
     stopping.wait()
     server.begin_shutdown()
     time.sleep(config.drain_delay_s)
     server.stop(config.shutdown_grace_s)
     on_stop()
+    tracing.shutdown()
     log.info("stopped")
 
 
@@ -260,6 +309,9 @@ def _check_port_free(port: int) -> None:
     """Bind the port alone, once: the group's copies share it with each
     other (SO_REUSEPORT) but must not share it with another program."""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        # As servers bind: connections left in TIME_WAIT by a group that just
+        # died (a crash, a SIGKILL) must not keep its restart off the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("::", port))
         except OSError as error:

@@ -7,6 +7,9 @@ from collections.abc import Iterable
 from plumbing.errors import invalid_argument
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# ISO 4217: three capital letters. Always fullmatch: re.match's $ also
+# matches before a trailing newline ("USD\n").
+CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 MIN_QUANTITY, MAX_QUANTITY = 1, 1000
 MAX_ITEMS = 50
 
@@ -24,6 +27,10 @@ class Violations:
                 self.add(field_path, "is required")
         elif not ID_PATTERN.fullmatch(value):
             self.add(field_path, "must match ^[A-Za-z0-9_-]{1,64}$")
+
+    def check_currency(self, field_path: str, value: str) -> None:
+        if not CURRENCY_PATTERN.fullmatch(value):
+            self.add(field_path, "must be an ISO 4217 code such as USD")
 
     def check_range(self, field_path: str, value: int, low: int, high: int) -> None:
         if not low <= value <= high:

@@ -23,20 +23,16 @@ def proto_files() -> list[str]:
     return sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
 
 
-def generate(out_dir: pathlib.Path) -> None:
+def protoc_args(outputs: list[str]) -> list[str]:
+    """protoc's arguments for every proto in protos/, writing `outputs`."""
     googleapis = pathlib.Path(annotations_pb2.__file__).resolve().parents[2]
     well_known = pathlib.Path(grpc_tools.__file__).resolve().parent / "_proto"
+    return ["grpc_tools.protoc", f"-I{PROTOS}", f"-I{googleapis}", f"-I{well_known}", *outputs, *proto_files()]
+
+
+def generate(out_dir: pathlib.Path) -> None:
     out = str(out_dir)
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTOS}",
-        f"-I{googleapis}",
-        f"-I{well_known}",
-        f"--python_out={out}",
-        f"--pyi_out={out}",
-        f"--grpc_python_out={out}",
-        *proto_files(),
-    ]
+    args = protoc_args([f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}"])
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
 

@@ -3,7 +3,7 @@ benchmarks: scripts/run_local.py's plan, started and stopped from code."""
 
 import json
 import os
-import socket
+import random
 import subprocess
 import sys
 import time
@@ -11,29 +11,23 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from plumbing.channels import dial
-from plumbing.config import TlsConfig
 from scripts import run_local
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+# Free ports are picked at random from here: stacks started at once (pytest's
+# workers, a benchmark beside the tests) do not all take the first free ones.
+# Below the ephemeral range (32768-60999, where outgoing connections get
+# theirs), clear of the defaults (30080, 50051-50053, 9101-9103).
+PORT_RANGE = (20000, 29000)
 
 
-def free_port_base(replicas: int, start: int) -> int:
-    """A port p with p + n * REPLICA_PORT_STEP free for every replica n."""
-    for base in range(start, start + 5000, 7):
-        if all(_free(base + n * run_local.REPLICA_PORT_STEP) for n in range(replicas)):
+def free_port_base(replicas: int = 1, step: int = run_local.REPLICA_PORT_STEP) -> int:
+    """A port p with p + n * step free for every replica n."""
+    for _ in range(1000):
+        base = random.randrange(*PORT_RANGE)
+        if not any(run_local.port_taken(base + n * step) for n in range(replicas)):
             return base
     raise RuntimeError("no free ports")
 
@@ -51,14 +45,19 @@ class Stack:
         return [(s, p) for s, p in self.procs if s.module == module]
 
     def start(self) -> "Stack":
-        for spec in self.specs:
-            spec.env.setdefault("LOG_LEVEL", "WARNING")
-            self.procs.append((spec, self._spawn(spec)))
+        self.launch()
         try:
             self.wait_ready()
         except BaseException:
             self.stop()
             raise
+        return self
+
+    def launch(self) -> "Stack":
+        """Start every process without waiting for any to be ready."""
+        for spec in self.specs:
+            spec.env.setdefault("LOG_LEVEL", "WARNING")
+            self.procs.append((spec, self._spawn(spec)))
         return self
 
     def restart(self, spec) -> None:
@@ -87,46 +86,22 @@ class Stack:
 
     @staticmethod
     def _ready(spec) -> bool:
-        if spec.module == "gateway":
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{spec.port}/health", timeout=1) as r:
-                    return r.status == 200
-            except (urllib.error.URLError, OSError):
-                return False
-        with dial(f"127.0.0.1:{spec.port}", tls_of(spec)) as channel:
-            try:
-                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                return status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.RpcError:
-                return False
+        return run_local.probe(spec) == "SERVING"
 
     def stop(self) -> None:
         run_local.stop(self.procs)
 
 
-def tls_of(spec) -> TlsConfig | None:
-    """The certificate a process of the stack serves with, for calling it (None: plaintext)."""
-    files = [spec.env.get(name, "") for name in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")]
-    return TlsConfig.load(*files) if all(files) else None
-
-
 def plan_stack(replicas: int, environ: dict[str, str]) -> list:
     """run_local's plan on free ports, so a developer's `make run` can keep going."""
     env = dict(os.environ, **environ)
-    for service, start in (("INVENTORY", 41000), ("PAYMENT", 42000), ("ORDER", 43000)):
-        env[f"{service}_PORT"] = str(free_port_base(replicas, start))
-        env[f"{service}_METRICS_PORT"] = str(free_port_base(replicas, start + 500))
+    for service in ("INVENTORY", "PAYMENT", "ORDER"):
+        env[f"{service}_PORT"] = str(free_port_base(replicas))
+        env[f"{service}_METRICS_PORT"] = str(free_port_base(replicas))
         env.pop(f"{service}_ADDR", None)
-    env["GATEWAY_PORT"] = str(_free_run(replicas, 44000))
+    # Gateways take consecutive ports.
+    env["GATEWAY_PORT"] = str(free_port_base(replicas, step=1))
     return run_local.plan(env, replicas)
-
-
-def _free_run(count: int, start: int) -> int:
-    """A port p with p .. p + count - 1 free (gateways take consecutive ports)."""
-    for base in range(start, start + 5000, count + 3):
-        if all(_free(base + n) for n in range(count)):
-            return base
-    raise RuntimeError("no free ports")
 
 
 def http(method: str, url: str, body=None, headers=None, timeout: float = 30):

@@ -100,3 +100,25 @@ def client(backends):
 @pytest.fixture
 def orders(backends):
     return backends.scripted_orders
+
+
+@pytest.fixture(scope="session")
+def _private_postgres_cluster():
+    from tests.private_postgres import PrivatePostgres
+
+    cluster = PrivatePostgres.create()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def private_postgres(_private_postgres_cluster):
+    """A PostgreSQL cluster of the tests' own (initdb on a free port), which
+    a test may restart, crash or stop: it is running again after each test.
+    Skips without the server binaries (fails under REQUIRE_POSTGRES=1)."""
+    yield _private_postgres_cluster
+    if not _private_postgres_cluster.running():
+        _private_postgres_cluster.start()

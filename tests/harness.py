@@ -4,13 +4,15 @@ Composition mirrors each service's __main__ (store -> servicer -> server),
 so what is tested is what runs.
 """
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -77,7 +79,9 @@ def run_inventory(database_url: str, port: int = 0, wrap: Callable = lambda serv
     from shop.inventory.v1 import inventory_pb2_grpc
 
     engine = db.open_engine(database_url)
-    servicer = wrap(InventoryServicer(InventoryStore(engine)))
+    store = InventoryStore(engine)
+    store.migrate()
+    servicer = wrap(InventoryServicer(store))
     return start(
         Service(SERVICE_NAME, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server), engine, port, tls
     )
@@ -89,7 +93,9 @@ def run_payment(database_url: str, port: int = 0, wrap: Callable = lambda servic
     from shop.payment.v1 import payment_pb2_grpc
 
     engine = db.open_engine(database_url)
-    servicer = wrap(PaymentServicer(PaymentStore(engine)))
+    store = PaymentStore(engine)
+    store.migrate()
+    servicer = wrap(PaymentServicer(store))
     return start(
         Service(SERVICE_NAME, servicer, payment_pb2_grpc.add_PaymentServiceServicer_to_server), engine, port, tls
     )
@@ -110,7 +116,9 @@ def run_order(
 
     config = OrderConfig(inventory_addr=inventory_addr, payment_addr=payment_addr, **settings)
     engine = db.open_engine(database_url)
-    saga, upstream_channels = build_saga(config, OrderStore(engine))
+    store = OrderStore(engine)
+    store.migrate()
+    saga, upstream_channels = build_saga(config, store)
     servicer = OrderServicer(saga)
     running = start(
         Service(SERVICE_NAME, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server), engine, port, config.tls
@@ -299,6 +307,99 @@ def held_until(gate: threading.Event, wait_s: float = 30):
         return method(request, context)
 
     return rule
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def write_lock_held_by_another_process(path: str) -> Iterator[None]:
+    """Another process holds SQLite's write lock on the file at `path`."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WRITE_LOCK, path], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+class TcpProxy:
+    """A local port forwarding to `target` that a test can take down (its
+    connections closed, new ones refused) and bring back on the same port:
+    a server going away and returning, as its clients see it."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+
+    def __enter__(self) -> "TcpProxy":
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> "TcpProxy":
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, set()
+        for sock in [listener, *sockets] if listener else sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # taken down
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    server.close()
+                    return
+                self._sockets |= {client, server}
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
 
 
 def eventually(check: Callable, timeout_s: float = 20, what: str = "the condition"):

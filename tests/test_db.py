@@ -1,12 +1,19 @@
-"""plumbing.db: transactions on the driver's connection, SQLite's single writer."""
+"""plumbing.db: transactions on the driver's connection, SQLite's single
+writer; a database that is away (locked, down, restarting) answering
+DatabaseUnavailable, and no wait on it outliving the caller's deadline."""
 
+import contextlib
 import sqlite3
 import threading
 
+import grpc
+import psycopg
 import pytest
 import sqlalchemy as sa
 
-from plumbing import db
+from plumbing import db, deadlines
+from plumbing.errors import DatabaseUnavailable
+from tests import harness
 
 metadata = sa.MetaData()
 counters = sa.Table(
@@ -92,3 +99,149 @@ def test_dispose_closes_the_writer_connection_and_writes_reopen_it(engine):
         assert conn.driver_connection is not first
         conn.execute(counters.update().values(value=5))
     assert _value(engine) == 5
+
+
+# A database that is away
+
+
+@contextlib.contextmanager
+def serving_a_call_with(timeout_s: float):
+    """As the server interceptor does for a call with this much time left."""
+    token = deadlines.deadline_var.set(deadlines.deadline_from_remaining(timeout_s))
+    try:
+        yield
+    finally:
+        deadlines.deadline_var.reset(token)
+
+
+def test_a_write_waiting_past_its_deadline_for_another_process_s_lock_is_unavailable(engine, tmp_path):
+    with harness.write_lock_held_by_another_process(f"{tmp_path}/db.sqlite"):
+        with serving_a_call_with(0.5), pytest.raises(DatabaseUnavailable) as raised:
+            with db.write(engine) as conn:
+                conn.execute(counters.insert().values(name="n", value=1))
+    assert (raised.value.code, raised.value.reason) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
+    assert "locked" in raised.value.message
+    # The lock gone, writes go through on the same connection.
+    with db.write(engine) as conn:
+        conn.execute(counters.insert().values(name="n", value=1))
+    assert _value(engine) == 1
+
+
+def test_a_write_queued_past_its_deadline_behind_another_of_this_process_is_unavailable(engine):
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_writer():
+        with db.write(engine):
+            holding.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_the_writer)
+    holder.start()
+    try:
+        holding.wait()
+        with serving_a_call_with(0.3), pytest.raises(DatabaseUnavailable) as raised:
+            with db.write(engine):
+                pass
+        assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        release.set()
+        holder.join()
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), "UNAVAILABLE"),
+        (psycopg.errors.CrashShutdown("terminating connection because of crash of another server process"), "UNAVAILABLE"),
+        (psycopg.errors.CannotConnectNow("the database system is starting up"), "UNAVAILABLE"),
+        (psycopg.OperationalError("connection failed: Connection refused"), "UNAVAILABLE"),
+        (psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly"), "UNAVAILABLE"),
+        (psycopg.errors.TooManyConnections("sorry, too many clients already"), "UNAVAILABLE"),
+        (psycopg.errors.ReadOnlySqlTransaction("cannot execute UPDATE in a read-only transaction"), "UNAVAILABLE"),
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), "DEADLINE_EXCEEDED"),
+        (psycopg.errors.UniqueViolation("duplicate key value"), None),
+        (psycopg.errors.UndefinedTable('relation "orders" does not exist'), None),
+        (ValueError("a bug"), None),
+    ],
+)
+def test_transient_database_errors_are_retryable_statuses_and_bugs_are_not(error, code):
+    wrapped = sa.exc.DBAPIError.instance("SELECT 1", None, error, psycopg.Error) if isinstance(error, psycopg.Error) else error
+    for raised in {error, wrapped}:
+        translated = db.unavailable(raised)
+        assert (translated.code.name if translated else None) == code, raised
+        if translated is not None:
+            # The driver's text names hosts and ports: it goes to the log, not to callers.
+            assert str(error) not in translated.message
+
+
+# PostgreSQL, on a cluster of the test's own
+
+
+@pytest.fixture
+def pg_engine(private_postgres):
+    engine = db.open_engine(private_postgres.new_database("db_test"), pool_size=4)
+    db.migrate(engine, metadata, (lambda conn: metadata.create_all(conn),))
+    with db.write(engine) as conn:
+        conn.execute(counters.insert().values(name="n", value=0))
+    yield engine
+    engine.dispose()
+
+
+def _add_one(engine) -> None:
+    with db.write(engine) as conn:
+        conn.execute(counters.update().values(value=counters.c.value + 1))
+
+
+def test_pooled_connections_a_restart_dropped_are_replaced_before_any_statement_runs(pg_engine, private_postgres):
+    pooled = [pg_engine.connect() for _ in range(4)]
+    for conn in pooled:
+        conn.exec_driver_sql("SELECT 1")
+        conn.close()
+    assert pg_engine.pool.checkedin() == 4
+    private_postgres.restart()  # every pooled connection is terminated
+    for _ in range(4):
+        _add_one(pg_engine)
+    assert _value(pg_engine) == 4
+
+
+def test_a_restart_in_the_middle_of_a_transaction_is_unavailable_and_commits_nothing(pg_engine, private_postgres):
+    with pytest.raises(DatabaseUnavailable) as raised:
+        with db.write(pg_engine) as conn:
+            conn.execute(counters.update().values(value=100))
+            private_postgres.restart()
+            conn.execute(counters.update().values(value=200))
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert _value(pg_engine) == 0
+
+
+def test_a_database_that_is_down_is_unavailable_until_it_returns(pg_engine, private_postgres):
+    private_postgres.stop("immediate")
+    with pytest.raises(DatabaseUnavailable) as raised:
+        _add_one(pg_engine)
+    assert (raised.value.code, raised.value.reason) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
+    assert str(private_postgres.port) not in raised.value.message
+    with pytest.raises(DatabaseUnavailable):
+        db.ping(pg_engine, 1.0)
+    private_postgres.start()
+    db.ping(pg_engine, 5.0)
+    _add_one(pg_engine)
+    assert _value(pg_engine) == 1
+
+
+def _statement_timeout_ms(engine) -> int:
+    with db.read(engine) as conn:
+        return int(conn.execute(sa.text("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")).scalar_one())
+
+
+def test_the_statement_timeout_is_the_time_the_callers_deadline_leaves(pg_engine):
+    assert _statement_timeout_ms(pg_engine) == 0  # no caller, no deadline: the server's own setting
+    with serving_a_call_with(5.0):
+        assert 0 < _statement_timeout_ms(pg_engine) <= 5000
+    assert _statement_timeout_ms(pg_engine) == 0  # SET LOCAL: it ended with its transaction
+
+
+def test_a_statement_outliving_the_callers_deadline_is_cut_off_as_deadline_exceeded(pg_engine):
+    with serving_a_call_with(0.5), pytest.raises(DatabaseUnavailable) as raised:
+        with db.read(pg_engine) as conn:
+            conn.execute(sa.text("SELECT pg_sleep(60)"))
+    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED

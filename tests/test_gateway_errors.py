@@ -12,6 +12,7 @@ from gateway.transcoding import route_table
 from gateway.upstreams import SERVICES
 from plumbing.config import UpstreamConfig
 from plumbing.errors import ShopError, failed_precondition
+from tests import harness
 from tests.test_gateway_support import (
     admin_headers,
     assert_error,
@@ -205,9 +206,39 @@ def test_backend_down_is_503_unavailable(backends):
     assert "127.0.0.1" not in error["message"]
 
 
-def test_backend_refusing_with_unavailable_is_503(client, orders):
+def test_backend_refusing_with_unavailable_is_503_with_retry_after(client, orders):
     orders.fail_with = ShopError(grpc.StatusCode.UNAVAILABLE, "draining")
-    assert_error(client.get("/orders/ord_1"), 503, "UNAVAILABLE", "UNAVAILABLE")
+    response = client.get("/orders/ord_1")
+    assert_error(response, 503, "UNAVAILABLE", "UNAVAILABLE")
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_a_backend_whose_database_is_away_is_503_with_retry_after_and_its_message(client, orders):
+    orders.fail_with = ShopError(
+        grpc.StatusCode.UNAVAILABLE,
+        "order database is unavailable; order ord_9 is stored, and will be completed or compensated shortly",
+        "UNAVAILABLE",
+        {"order_id": "ord_9", "service": "order database"},
+    )
+    response = client.post("/orders", json={"customer_id": "C1", "items": [{"product_id": "P001", "quantity": 1}]})
+    error = assert_error(response, 503, "UNAVAILABLE", "UNAVAILABLE")
+    assert response.headers["Retry-After"] == "1"
+    assert detail_of(error, "google.rpc.ErrorInfo")["metadata"]["order_id"] == "ord_9"
+    assert "ord_9" in error["message"]
+
+
+def test_a_write_locked_by_another_process_past_the_deadline_is_503_not_500(backends, sqlite_url):
+    # The inventory's own SQLite file, held by a process outside the shop.
+    path = sqlite_url("inventory").removeprefix("sqlite:///")
+    upstreams = UpstreamConfig(backends.inventory, backends.payment, backends.order, timeout_s=1.5)
+    client = make_client(backends, upstreams=upstreams)
+    adjustment = {"delta": 5, "reason": "restock"}
+    with harness.write_lock_held_by_another_process(path):
+        response = client.post("/inventory/P001/adjustments", json=adjustment, headers=admin_headers())
+    error = assert_error(response, 503, "UNAVAILABLE", "UNAVAILABLE")
+    assert response.headers["Retry-After"] == "1"
+    assert "locked" in error["message"]
+    assert client.post("/inventory/P001/adjustments", json=adjustment, headers=admin_headers()).status_code == 200
 
 
 def test_backend_slower_than_the_deadline_is_504(backends):

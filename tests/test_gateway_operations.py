@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import threading
 
 import pytest
 
@@ -15,7 +16,12 @@ from gateway.transcoding import route_table
 from gateway.upstreams import SERVICES
 from plumbing.config import ConfigError
 from plumbing.logs import JsonFormatter
+from plumbing.readiness import WAITING_FOR_DATABASE
+from plumbing.server import Service, ShopServer
+from shop.order.v1 import order_pb2_grpc
 from tests.test_gateway_support import (
+    ORDER_SERVICE,
+    ScriptedOrders,
     assert_error,
     detail_of,
     gateway_config,
@@ -102,6 +108,27 @@ def test_service_status_tells_not_serving_from_unreachable(backends):
         assert body["overall"] == "DEGRADED"
     finally:
         draining.stop(0)
+
+
+def test_ready_and_service_status_name_the_backend_waiting_for_its_database(backends):
+    waiting = threading.Event()  # never set: its database never answers
+    servicer = ScriptedOrders()
+    service = Service(ORDER_SERVICE, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server)
+    server = ShopServer([service], 0, workers=4, host="127.0.0.1", ready=waiting).start()
+    try:
+        backends.order = f"127.0.0.1:{server.port}"
+        client = make_client(backends)
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        body = ready.get_json()
+        assert body["backends"]["order"]["status"] == "NOT_SERVING"
+        assert body["backends"]["order"]["detail"] == WAITING_FOR_DATABASE
+        assert body["error"]["message"] == f"not ready: order ({WAITING_FOR_DATABASE}) not serving"
+        status = client.get("/mesh/service-status").get_json()
+        assert status["backends"]["order"]["detail"] == WAITING_FOR_DATABASE
+        assert "detail" not in status["backends"]["inventory"]
+    finally:
+        server.stop(0)
 
 
 # Request ids and the access log

@@ -7,8 +7,11 @@ is not reachable at TEST_REDIS_URL.
 """
 
 import logging
+import time
+import urllib.parse
 import uuid
 
+from tests import harness
 from tests.test_gateway_support import (
     assert_error,
     gateway_config,
@@ -111,6 +114,44 @@ def test_unreachable_redis_falls_back_to_a_per_process_limit_and_logs_it(backend
     assert client.get("/inventory").status_code == 200
     assert client.get("/inventory").status_code == 429
     assert any("falling back to in-memory storage" in r.getMessage() for r in caplog.records)
+
+
+def test_back_from_a_redis_outage_the_gateways_share_one_budget_again(backends, caplog):
+    caplog.set_level(logging.INFO)
+    url = urllib.parse.urlsplit(redis_or_skip())
+    prefix = f"test-{uuid.uuid4().hex}"
+    with harness.TcpProxy(url.hostname, url.port or 6379) as redis_proxy:
+        first, second = (
+            make_client(
+                backends,
+                rate_limit="10000/minute",
+                rate_limit_storage=f"redis://127.0.0.1:{redis_proxy.port}",
+                rate_limit_key_prefix=prefix,
+                workers=2,
+            )
+            for _ in range(2)
+        )
+
+        def remaining(client) -> int:
+            response = client.get("/inventory")
+            assert response.status_code == 200
+            return int(response.headers["X-RateLimit-Remaining"])
+
+        def one_budget() -> bool:
+            # Drawn from one count, the second client's request comes between the first's two.
+            counts = [remaining(first), remaining(second), remaining(first)]
+            time.sleep(0.05)
+            return counts[0] - 1 == counts[1] == counts[2] + 1
+
+        assert one_budget()
+        redis_proxy.down()
+        for _ in range(10):  # on its own count now: far ahead of the second's
+            remaining(first)
+        remaining(second)
+        assert "falling back to in-memory storage" in caplog.text
+        redis_proxy.up()
+        harness.eventually(one_budget, what="both gateways drawing on Redis again")
+        assert "back to the shared budget" in caplog.text
 
 
 def test_memory_storage_counts_without_starting_a_thread_per_request(backends, monkeypatch):

@@ -11,10 +11,12 @@ call graph. All offline: kubectl and the schemas come from PyPI packages.
 import base64
 import functools
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,13 +52,50 @@ def _tool(name: str) -> str:
     return found
 
 
+def _kustomize(directory: Path) -> str:
+    result = subprocess.run(
+        [_tool("kubectl"), "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    return result.stdout
+
+
 @functools.cache
 def _rendered_text() -> str:
+    return _kustomize(K8S)
+
+
+@functools.cache
+def render_with(*components: str) -> str:
+    """k8s/ with components (names under k8s/components), as an overlay of a
+    user's own, outside this repository, renders them (kustomize wants
+    relative paths)."""
+    with tempfile.TemporaryDirectory() as overlay:
+        relative = lambda path: os.path.relpath(path, overlay)  # noqa: E731
+        (Path(overlay) / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "resources": [relative(K8S)],
+                    "components": [relative(K8S / "components" / name) for name in components],
+                }
+            )
+        )
+        return _kustomize(Path(overlay))
+
+
+def validate_strictly(rendered_text: str, directory: Path) -> list[str]:
+    """kubernetes-validate --strict against Kubernetes 1.32; the kinds it has
+    no schema for (custom resources), which it only warns about."""
+    rendered = directory / "rendered.yaml"
+    rendered.write_text(rendered_text)
     result = subprocess.run(
-        [_tool("kubectl"), "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+        [_tool("kubernetes-validate"), "--strict", "-k", "1.32.0", "--quiet", str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert result.returncode == 0, f"kubectl kustomize k8s failed:\n{result.stderr}"
-    return result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    return sorted(set(re.findall(r"Couldn't find schema for kind (\w+)", result.stdout + result.stderr)))
 
 
 @functools.cache
@@ -193,15 +232,8 @@ def service_workload(service: dict) -> dict:
 
 
 def test_manifests_validate_strictly_against_kubernetes_1_32(tmp_path):
-    rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(_rendered_text())
-    result = subprocess.run(
-        [_tool("kubernetes-validate"), "--strict", "-k", "1.32.0", "--quiet", str(rendered)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    # Every kind is a built-in one: nothing goes unchecked.
+    assert validate_strictly(_rendered_text(), tmp_path) == []
 
 
 def test_everything_lives_in_the_shop_namespace():
@@ -771,3 +803,60 @@ def test_dockerfile_builds_from_python_slim_without_dev_dependencies():
     ignored = (ROOT / ".dockerignore").read_text()
     assert re.search(r"^\*\*$", ignored, re.MULTILINE), ".dockerignore should exclude by default"
     assert "!requirements-dev.txt" not in ignored and "!tests" not in ignored
+
+
+# ------------------------------------------------------------ optional components
+
+
+def render_with_components(tmp_path: Path, *components: str) -> list[dict]:
+    """The base with k8s/components/<name> added, as an overlay of the user's would render it."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    relative = Path(os.path.relpath(K8S, overlay))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(relative)],
+                "components": [str(relative / "components" / name) for name in components],
+            }
+        )
+    )
+    result = subprocess.run([_tool("kubectl"), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(result.stdout)
+    checked = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "-k", "1.32.0", "--quiet", str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_the_tracing_component_sends_every_process_s_spans_to_its_collector(tmp_path):
+    docs = render_with_components(tmp_path, "tracing")
+    by_kind: dict[str, dict] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    assert all(doc["metadata"].get("namespace") == NAMESPACE for doc in docs if doc["kind"] != "Namespace")
+    (config,) = [c for name, c in by_kind["ConfigMap"].items() if name.startswith("shop-config")]
+    endpoint = urlsplit(config["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert config["data"]["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    collector = by_kind["Service"][endpoint.hostname]
+    assert endpoint.port in {p["port"] for p in collector["spec"]["ports"]}
+    # Every app reads the merged config (one generated name for all of them).
+    for app in APPS:
+        pod = by_kind["Deployment"][app]["spec"]["template"]["spec"]
+        sources = [s["configMapRef"]["name"] for c in pod["containers"] for s in c.get("envFrom", ())]
+        assert config["metadata"]["name"] in sources, app
+    # Both ends of the call are allowed.
+    egress = by_kind["NetworkPolicy"]["spans-to-otel-collector"]
+    (selector,) = egress["spec"]["podSelector"]["matchExpressions"]
+    assert set(selector["values"]) == set(APPS)
+    assert endpoint.port in {p["port"] for rule in egress["spec"]["egress"] for p in rule["ports"]}
+    ingress = by_kind["NetworkPolicy"]["otel-collector"]["spec"]["ingress"][0]
+    assert set(ingress["from"][0]["podSelector"]["matchExpressions"][0]["values"]) == set(APPS)

@@ -195,3 +195,61 @@ def test_background_settling_runs_on_a_fixed_pool_and_leaves_the_overflow_to_rec
     finally:
         gate.set()
         shop.stop()
+
+
+# The order service's own database away
+
+
+@pytest.fixture
+def shop_on_private_postgres(private_postgres, sqlite_url):
+    """Orders on a PostgreSQL cluster the test may stop; inventory and payment on SQLite."""
+    shop = harness.OrderShop.start(private_postgres.new_database, sqlite_url)
+    yield shop
+    shop.stop()
+
+
+def test_its_database_lost_after_the_charge_is_503_naming_the_order_that_recovery_then_confirms(
+    shop_on_private_postgres, private_postgres
+):
+    shop = shop_on_private_postgres
+    gate = threading.Event()
+    shop.payment_faults.rules["Charge"] = harness.held_until(gate)
+    orders = shop.orders()
+    request = pb.CreateOrderRequest(customer_id="C1", items=[pb.Item(product_id="P003", quantity=1)])
+    placing = orders.CreateOrder.future(request, timeout=10)
+    harness.eventually(lambda: shop.payment_faults.requests("Charge"), what="the Charge being sent")
+    private_postgres.stop("immediate")  # a crash while the charge is in flight
+    gate.set()
+    with pytest.raises(grpc.RpcError) as info:
+        placing.result()
+    error = from_rpc_error(info.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
+    order_id = error.metadata["order_id"]
+    assert f"order {order_id} is stored" in error.message
+
+    private_postgres.start()
+    assert final_order(orders, order_id).status == pb.CONFIRMED
+    assert [p.status for p in payments_of(shop, order_id)] == [pay.CAPTURED]
+
+
+def test_its_database_down_before_the_order_is_stored_is_503_and_nothing_is_reserved_or_charged(
+    shop_on_private_postgres, private_postgres
+):
+    shop = shop_on_private_postgres
+    orders = shop.orders()
+    private_postgres.stop("immediate")
+    error = refused_order(orders, timeout=5)
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
+    order_id = error.metadata["order_id"]
+    assert "was not placed" in error.message
+    with pytest.raises(grpc.RpcError) as read:
+        orders.GetOrder(pb.GetOrderRequest(order_id=order_id), timeout=5)
+    assert read.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert from_rpc_error(read.value).metadata["order_id"] == order_id
+
+    private_postgres.start()
+    with pytest.raises(grpc.RpcError) as read:
+        orders.GetOrder(pb.GetOrderRequest(order_id=order_id), timeout=5)
+    assert read.value.code() == grpc.StatusCode.NOT_FOUND
+    assert shop.inventory_faults.requests("Reserve") == []
+    assert shop.payment_faults.requests("Charge") == []

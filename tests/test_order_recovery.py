@@ -265,7 +265,9 @@ def test_an_order_left_charging_by_an_earlier_version_is_completed_with_its_reco
     )
     engine = db.open_engine(shop.urls["order"])
     try:
-        OrderStore(engine).create(
+        store = OrderStore(engine)
+        store.migrate()
+        store.create(
             Order(
                 id=order_id,
                 customer_id="C-earlier",

@@ -1,4 +1,4 @@
-"""The shared plumbing: health, reflection (with a real grpcurl), request ids
+"""The shared plumbing: health, reflection (v1 by a raw stub, v1alpha with a real grpcurl), request ids
 in the logs, deadlines on every outgoing call, and the SIGTERM drain."""
 
 import json
@@ -15,11 +15,13 @@ import urllib.request
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from plumbing import deadlines
 from plumbing.channels import open_channel, resolve_target
-from plumbing.logs import JsonFormatter
+from plumbing.logs import JsonFormatter, TextFormatter, request_id_var
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
 
@@ -57,7 +59,60 @@ def grpcurl(*args):
 
 def test_grpcurl_lists_services_through_reflection(inventory):
     listed = grpcurl(inventory.address, "list").split()
-    assert set(listed) >= {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert set(listed) >= {
+        SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+
+
+def test_grpcurl_describes_the_v1_reflection_service_over_v1alpha(inventory):
+    # grpcurl 1.8.6 (PyPI's) speaks v1alpha only: it resolves the v1 service's descriptors through it.
+    out = grpcurl(inventory.address, "describe", "grpc.reflection.v1.ServerReflection")
+    assert "rpc ServerReflectionInfo ( stream .grpc.reflection.v1.ServerReflectionRequest )" in out
+
+
+def reflect_v1(channel, request: reflection_pb2.ServerReflectionRequest) -> reflection_pb2.ServerReflectionResponse:
+    """One request to grpc.reflection.v1, by a raw stub (v1's messages are v1alpha's on the wire)."""
+    info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    (response,) = list(info(iter([request]), timeout=5))
+    return response
+
+
+def test_reflection_v1_lists_every_service(inventory):
+    response = reflect_v1(inventory.channel(), reflection_pb2.ServerReflectionRequest(list_services=""))
+    names = {service.name for service in response.list_services_response.service}
+    assert names == {
+        SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+@pytest.mark.parametrize(
+    "symbol, file_name",
+    [
+        (SERVICE, "shop/inventory/v1/inventory.proto"),
+        ("grpc.health.v1.Health", "grpc_health/v1/health.proto"),
+        ("grpc.reflection.v1.ServerReflection", "grpc/reflection/v1/reflection.proto"),
+    ],
+)
+def test_reflection_v1_describes_each_service(inventory, symbol, file_name):
+    response = reflect_v1(inventory.channel(), reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
+    (described,) = [f for f in files if f.name == file_name]
+    service_name = symbol.rsplit(".", 1)[1]
+    assert f"{described.package}.{service_name}" == symbol
+    assert service_name in [s.name for s in described.service]
 
 
 def test_grpcurl_calls_get_product_with_no_proto_files(inventory):
@@ -188,6 +243,27 @@ def test_an_rpc_that_fails_logs_its_line_at_info(inventory):
     assert (line["level"], line["grpc_code"], line["request_id"]) == ("INFO", "NOT_FOUND", "req-43")
 
 
+def test_text_log_lines_name_their_service():
+    record = logging.makeLogRecord({"name": "plumbing.rpc", "levelname": "INFO", "msg": "rpc", "grpc_code": "OK"})
+    line = TextFormatter("inventory").format(record)
+    assert " INFO inventory plumbing.rpc: rpc" in line
+    assert line.endswith(" grpc_code=OK")
+
+
+def test_text_access_lines_carry_the_request_id_once():
+    # The gateway's access line passes request_id as a field too, beside the context's.
+    token = request_id_var.set("req-7")
+    try:
+        record = logging.makeLogRecord(
+            {"name": "gateway.access", "levelname": "INFO", "msg": "request", "request_id": "req-7", "status": 200}
+        )
+        line = TextFormatter("gateway").format(record)
+    finally:
+        request_id_var.reset(token)
+    assert line.count("request_id=") == 1
+    assert line.endswith(": request request_id=req-7 status=200")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -306,6 +382,30 @@ def test_processes_serve_one_port_share_the_database_and_stop_together(tmp_path)
     finally:
         if group.poll() is None:
             group.kill()
+
+
+def test_a_group_restarting_on_its_port_is_not_kept_off_by_connections_in_time_wait():
+    from plumbing.server import _check_port_free
+
+    # A server that closes first leaves its side of the connection in TIME_WAIT on its port.
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("::", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("::1", port))
+        accepted, _ = listener.accept()
+        accepted.close()
+        client.recv(1)  # the server's FIN
+        client.close()
+    assert any(f":{port:04X} " in line and line.split()[3] == "06" for line in open("/proc/net/tcp6"))  # TIME_WAIT
+    _check_port_free(port)  # no SystemExit
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as another_program:
+        another_program.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        another_program.bind(("::", port))
+        another_program.listen()
+        with pytest.raises(SystemExit, match=f"cannot serve gRPC on port {port}"):
+            _check_port_free(port)
 
 
 def _alive(pid: int) -> bool:

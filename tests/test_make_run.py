@@ -1,0 +1,296 @@
+"""`make run` (scripts/run_local.py) as a user runs it: a real process that
+starts the shop on free ports and supervises it. A service killed under it
+comes back while the rest keep serving; a crash loop is reported with the
+last lines of the process; a failure at first start stops make run with the
+process's own error; Ctrl-C stops everything and restarts nothing."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+
+import psycopg
+import pytest
+
+from scripts import run_local
+from scripts.stack import free_port_base, http
+from tests.conftest import POSTGRES_ADMIN_URL
+from tests.harness import ROOT, eventually
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = ("inventory", "payment", "order")
+# A route of each backend: 503 while it is down, its own answer once it is up.
+ROUTE_OF = {"inventory": "/inventory/P001", "payment": "/payments/pay_none", "order": "/orders/ord_none"}
+
+
+class MakeRun:
+    """`python -m scripts.run_local` with its output read as it comes."""
+
+    def __init__(self, tmp_path, **settings):
+        env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), RATE_LIMIT="100000/minute")
+        for name in ("ADMIN_TOKEN", "AUTH", "LOG_FORMAT", "INVENTORY_ADDR", "PAYMENT_ADDR", "ORDER_ADDR"):
+            env.pop(name, None)
+        for spec in run_local.plan({}):
+            for _, setting, _ in spec.listens_on():
+                env[setting] = str(free_port_base())
+        env.update(settings)
+        self.gateway = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scripts.run_local"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.said: list[str] = []  # make run's own lines (stdout)
+        self.logs: list[str] = []  # the processes' output, passed on (stderr)
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.said), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.logs), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match]:
+        """The first `count` lines make run said that match `pattern`."""
+
+        def found():
+            matches = [m for m in map(re.compile(pattern).search, list(self.said)) if m]
+            if len(matches) < count and self.proc.poll() is not None:
+                raise AssertionError(f"make run exited with {self.proc.returncode}:\n" + "\n".join(self.said))
+            return matches[:count] if len(matches) >= count else None
+
+        return eventually(found, timeout_s=120, what=f"make run saying {pattern!r}")
+
+    def pids(self) -> dict[str, int]:
+        (starting,) = self.wait_for(r"starting (.*)")
+        return {name: int(pid) for name, pid in re.findall(r"(\S+) \(pid (\d+)\)", starting.group(1))}
+
+    def restarted(self) -> list[str]:
+        return [m.group(1) for m in map(re.compile(r"\] (\S+) started again").search, list(self.said)) if m]
+
+    def finish(self, timeout_s: float = 60) -> int:
+        """Ctrl-C, as a terminal sends it; make run's exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            for reader in self._readers:
+                reader.join(timeout=5)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def make_run(tmp_path):
+    started = []
+
+    def start(**settings) -> MakeRun:
+        run = MakeRun(tmp_path, **settings)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.finish()
+        run.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_one_line_says_the_shop_is_ready_and_a_generated_admin_token_works(make_run):
+    shop = make_run()
+    (ready,) = shop.wait_for(r"shop is ready at (\S+); try: curl (\S+)")
+    assert http("GET", shop.gateway + "/ready")[0] == 200
+    assert ready.group(2).endswith("/inventory")
+    (said_token,) = shop.wait_for(r"admin token for this run \(ADMIN_TOKEN was unset\): (\S+)")
+    token = said_token.group(1)
+    status, _, product = http(
+        "POST",
+        shop.gateway + "/inventory/P003/adjustments",
+        {"delta": 5, "reason": "restock"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert status == 200, product
+    pids = shop.pids()
+    assert shop.finish() == 0
+    assert [line for line in shop.said if "shop is ready" in line] == [ready.string]
+    assert shop.restarted() == []
+    assert not any(map(alive, pids.values()))
+    assert not any("Traceback" in line for line in shop.logs)
+
+
+def test_a_killed_service_comes_back_while_the_others_keep_serving(make_run):
+    shop = make_run()
+    shop.wait_for("shop is ready")
+    pids = shop.pids()
+    for n, service in enumerate(SERVICES, start=1):
+        os.kill(pids[f"{service}-1"], signal.SIGKILL)
+        status, _, body = http("GET", shop.gateway + ROUTE_OF[service])
+        _, _, mesh = http("GET", shop.gateway + "/mesh/service-status")
+        if status == 503:
+            assert body["error"]["status"] == "UNAVAILABLE"
+        else:
+            assert status in (200, 404), body  # it answers as itself
+        if status != 503 or mesh["backends"][service]["status"] == "SERVING":
+            # Only if restarted already: a fast restart can win the race.
+            shop.wait_for(rf"{service}-1 started again")
+        # Restarted after the first backoff, well within the 5 s promised.
+        (exit_line,) = shop.wait_for(rf"{service}-1 was killed by SIGKILL after \S+ s; restarting it in (\S+) s")
+        assert float(exit_line.group(1)) == run_local.FIRST_BACKOFF_S
+        shop.wait_for(rf"{service}-1 is back \(pid (\d+)\)")
+        eventually(lambda: http("GET", shop.gateway + "/ready")[0] == 200, timeout_s=60, what="/ready 200 again")
+        # /ready asks on a channel of its own; the calls' channel reconnects
+        # after its own backoff (at most MAX_RECONNECT_BACKOFF_MS).
+        route = shop.gateway + ROUTE_OF[service]
+        eventually(
+            lambda: http("GET", route)[0] in (200, 404),  # noqa: B023 - called before the loop moves on
+            timeout_s=60,
+            what=f"{ROUTE_OF[service]} answered by {service} again",
+        )
+        assert len(shop.restarted()) == n
+    # Nothing else was restarted: the gateway, say, is the process it was.
+    assert shop.restarted() == [f"{service}-1" for service in SERVICES]
+    assert alive(pids["gateway-1"])
+    assert shop.finish() == 0
+
+
+def test_a_crash_looping_process_is_reported_with_its_last_lines(make_run):
+    shop = make_run(LOG_LEVEL="INFO")
+    shop.wait_for("shop is ready")
+    pid = shop.pids()["payment-1"]
+    for kills in range(1, run_local.CRASH_LOOP_EXITS + 1):
+        os.kill(pid, signal.SIGKILL)
+        (back,) = shop.wait_for(r"payment-1 is back \(pid (\d+)\)", count=kills)[-1:]
+        pid = int(back.group(1))
+    delays = [float(m.group(1)) for m in shop.wait_for(r"payment-1 .* restarting it in (\S+) s", count=3)]
+    assert delays == [0.5, 1.0, 2.0]
+    (report,) = shop.wait_for(r"payment-1 is crash-looping \(3 exits in a row")
+    # The report quotes the process's own last lines (its JSON log).
+    report_at = shop.said.index(report.string)
+    quoted = shop.said[report_at + 1 :]
+    assert any('"service": "payment"' in line for line in quoted)
+    assert shop.finish() == 0
+
+
+def test_a_port_in_use_stops_make_run_before_anything_starts(make_run):
+    with socket.socket() as other_shop:
+        other_shop.bind(("0.0.0.0", 0))
+        other_shop.listen()
+        port = other_shop.getsockname()[1]
+        shop = make_run(INVENTORY_PORT=str(port))
+        assert shop.proc.wait(timeout=60) == 1
+    shop.finish()
+    said = "\n".join(shop.said)
+    assert "cannot start, these ports are in use:" in said
+    assert f"    port {port} (inventory-1 gRPC, INVENTORY_PORT)\n" in said
+    assert "Another shop may be running" in said
+    assert shop.logs == []  # nothing was started
+    assert not any("Traceback" in line for line in shop.said)
+
+
+def test_a_refused_setting_at_first_start_stops_make_run_with_that_error(make_run):
+    shop = make_run(RATE_LIMIT="lots")
+    assert shop.proc.wait(timeout=120) == 1
+    shop.finish()
+    text = "\n".join(shop.said)
+    assert "gateway-1 exited with code 2 before it started serving" in text
+    assert "RATE_LIMIT='lots' is not a rate limit" in text
+    assert shop.restarted() == []
+    assert not any("Traceback" in line for line in shop.said + shop.logs)
+
+
+def test_a_process_alone_names_the_port_it_cannot_have(tmp_path):
+    with socket.socket() as other_shop:
+        other_shop.bind(("0.0.0.0", 0))
+        other_shop.listen()
+        port = other_shop.getsockname()[1]
+        env = dict(
+            os.environ,
+            DATA_DIR=str(tmp_path),
+            PAYMENT_PORT=str(free_port_base()),
+            METRICS_PORT=str(port),
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "payment_svc"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2
+    assert f"METRICS_PORT={port}: cannot listen there" in done.stderr
+    assert "another shop may be running" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_make_run_replicated_can_start_on_empty_databases(postgres_available):
+    if not postgres_available:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL required but not reachable at {POSTGRES_ADMIN_URL}")
+        pytest.skip("PostgreSQL not reachable")
+    name = f"shop_reset_test_{uuid.uuid4().hex[:10]}"
+    database_url = f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    try:
+        run_local.create_postgres_databases(POSTGRES_ADMIN_URL, [name])
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE left_over (id int)")
+        run_local.create_postgres_databases(POSTGRES_ADMIN_URL, [name])  # kept
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT to_regclass('left_over')::text").fetchone()[0] == "left_over"
+        run_local.create_postgres_databases(POSTGRES_ADMIN_URL, [name], reset=True)
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT to_regclass('left_over')::text").fetchone()[0] is None
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- make run's own rules, without processes -----------------------------------
+
+
+def test_restarts_back_off_from_half_a_second_doubling_to_ten():
+    backoff = run_local.Backoff()
+    assert [backoff.take() for _ in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
+    backoff.reset()
+    assert backoff.take() == 0.5
+
+
+def test_a_local_admin_token_is_made_only_when_none_is_set_and_auth_is_off():
+    environ, token = run_local.local_environ({}, terminal=False)
+    assert environ["ADMIN_TOKEN"] == token
+    assert len(token.encode()) >= 32 and not token.startswith("change-me")
+    assert run_local.local_environ({}, terminal=False)[1] != token
+    assert run_local.local_environ({"ADMIN_TOKEN": "x" * 40}, terminal=False) == ({"ADMIN_TOKEN": "x" * 40}, "")
+    assert run_local.local_environ({"AUTH": "jwt"}, terminal=False) == ({"AUTH": "jwt"}, "")
+    assert run_local.local_environ({"AUTH": "off"}, terminal=False)[1]
+
+
+def test_logs_are_text_on_a_terminal_unless_log_format_says_otherwise():
+    assert run_local.local_environ({}, terminal=True)[0]["LOG_FORMAT"] == "text"
+    assert "LOG_FORMAT" not in run_local.local_environ({}, terminal=False)[0]
+    assert run_local.local_environ({"LOG_FORMAT": "json"}, terminal=True)[0]["LOG_FORMAT"] == "json"
+
+
+def test_an_exit_is_described_by_its_code_or_its_signal():
+    assert run_local.describe_exit(1) == "exited with code 1"
+    assert run_local.describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert run_local.describe_exit(-signal.SIGTERM) == "was killed by SIGTERM"
+
