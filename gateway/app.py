@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import grpc
@@ -23,13 +22,11 @@ from gateway.mesh import check_backends, overall_status, service_status
 from gateway.openapi import openapi_document
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
-from plumbing.logs import request_id_var
+from plumbing.logs import accepted_request_id, request_id_var
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
-# A caller's request id travels on (logs, gRPC metadata) only in this form.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # Requests with any other method are counted under this one label.
 OTHER_METHOD = "OTHER"
@@ -130,8 +127,7 @@ def _begin_request() -> None:
     state, req = g._get_current_object(), request._get_current_object()
     state.started = time.perf_counter()
     state.upstream_code = ""
-    offered = req.headers.get("X-Request-ID", "")
-    state.request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    state.request_id = accepted_request_id(req.headers.get("X-Request-ID"))
     state.request_id_token = request_id_var.set(state.request_id)
     gateway = _gateway()
     if gateway.routes.get(req.endpoint) not in OPERATIONS_ROUTES:

@@ -4,14 +4,13 @@ ShopError -> status."""
 
 import logging
 import time
-import uuid
 
 import grpc
 
 from plumbing import metrics
 from plumbing.deadlines import deadline_from_remaining, deadline_var
 from plumbing.errors import ShopError
-from plumbing.logs import request_id_var
+from plumbing.logs import accepted_request_id, request_id_var
 
 log = logging.getLogger("plumbing.rpc")
 
@@ -48,13 +47,12 @@ class ServerInterceptor(grpc.ServerInterceptor):
         return wrapped
 
     def _observe(self, behavior, request, context: grpc.ServicerContext, service, method):
-        request_id = ""
+        request_id = None
         for key, value in context.invocation_metadata():
             if key == "x-request-id":
                 request_id = value
                 break
-        request_id = request_id or uuid.uuid4().hex
-        rid_token = request_id_var.set(request_id)
+        rid_token = request_id_var.set(accepted_request_id(request_id))
         deadline_token = deadline_var.set(deadline_from_remaining(context.time_remaining()))
         metrics.labelled(metrics.server_started, "unary", service, method).inc()
         started = time.perf_counter()

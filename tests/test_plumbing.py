@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -194,6 +195,15 @@ def test_an_rpc_that_fails_logs_its_line_at_info(inventory):
 
     (line,) = _rpc_lines(inventory, logging.INFO, get_unknown)
     assert (line["level"], line["grpc_code"], line["request_id"]) == ("INFO", "NOT_FOUND", "req-43")
+
+
+@pytest.mark.parametrize("offered", ["x" * 129, "two words", 'forged" level="ERROR', "../etc/passwd"])
+def test_a_request_id_not_in_the_accepted_form_is_replaced_by_a_fresh_one(inventory, offered):
+    def get(stub):
+        stub.GetProduct(pb.GetProductRequest(product_id="P001"), metadata=[("x-request-id", offered)], timeout=5)
+
+    (line,) = _rpc_lines(inventory, logging.DEBUG, get)
+    assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"])
 
 
 def free_port() -> int:
