@@ -52,7 +52,7 @@ from plumbing.deadlines import MARGIN_S, remaining_s, timeout_for_call
 from plumbing.errors import ShopError, failed_precondition, from_rpc_error, invalid_argument, not_found
 from plumbing.logs import request_id_var
 from plumbing.timestamps import utc_now
-from plumbing.validation import Violations
+from plumbing.validation import PAYMENT_METHOD_REFERENCE, Violations
 from shop.inventory.v1 import inventory_pb2
 from shop.payment.v1 import payment_pb2
 
@@ -211,10 +211,12 @@ class _Unsettled(Exception):
 
 
 def check_payment_method(violations: Violations, payment_method: str) -> str:
-    """The payment method to charge: a token or payment method id, never a
-    card number (which is neither echoed nor logged)."""
+    """The payment method to charge: a test token or a payment method id,
+    never a card number (which is neither echoed nor logged)."""
     if not payment_method:
         return DEFAULT_PAYMENT_METHOD
+    if PAYMENT_METHOD_REFERENCE.fullmatch(payment_method):
+        return payment_method
     digits = payment_method.replace(" ", "").replace("-", "")
     if CARD_NUMBER.fullmatch(payment_method) and MIN_CARD_DIGITS <= len(digits) <= MAX_CARD_DIGITS:
         violations.add(
@@ -222,9 +224,13 @@ def check_payment_method(violations: Violations, payment_method: str) -> str:
             "looks like a card number: orders never carry card details; create a payment method "
             "with POST /payment_methods and pass its id (pm_...) as payment_method",
         )
-        return ""
-    violations.check_id("payment_method", payment_method)
-    return payment_method
+    else:
+        violations.add(
+            "payment_method",
+            "must be a test token (tok_visa, ...) or the id of a payment method (pm_...) "
+            "created with POST /payment_methods",
+        )
+    return ""
 
 
 def check_idempotency_key(violations: Violations, key: str | None) -> str:

@@ -11,7 +11,7 @@ from payment_svc import charges
 from payment_svc.store import PaymentStore
 from plumbing.errors import invalid_argument, not_found
 from plumbing.timestamps import to_timestamp, utc_now
-from plumbing.validation import ID_PATTERN, Violations, valid_id
+from plumbing.validation import PAYMENT_METHOD_ID, Violations, valid_id
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 
@@ -102,6 +102,6 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     def _payment_method(self, reference: str) -> charges.PaymentMethod | None:
         if reference in charges.TEST_TOKENS:
             return charges.TEST_TOKENS[reference]
-        if reference.startswith(charges.PAYMENT_METHOD_PREFIX) and ID_PATTERN.fullmatch(reference):
+        if PAYMENT_METHOD_ID.fullmatch(reference):
             return self.store.find_payment_method(reference)
         return None
