@@ -10,6 +10,7 @@ environment configures all.
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -63,6 +64,31 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
     return specs
 
 
+def local_credentials(environ: dict[str, str]) -> list[str]:
+    """What a shop on this machine needs to be usable, filled into environ,
+    and the lines that tell how to use it: with AUTH=off and no ADMIN_TOKEN,
+    a random admin token; with AUTH=jwt and no keys, a random
+    AUTH_HS256_SECRET (`python -m gateway` alone keeps refusing both)."""
+    python = os.path.relpath(sys.executable)
+    if environ.get("AUTH", "off").strip().lower() != "jwt":
+        if environ.get("ADMIN_TOKEN", "").strip():
+            return ["admin routes take Authorization: Bearer $ADMIN_TOKEN (yours)"]
+        environ["ADMIN_TOKEN"] = secrets.token_hex(32)
+        return [f"admin routes take this local token: export ADMIN_TOKEN={environ['ADMIN_TOKEN']}"]
+    if environ.get("AUTH_JWKS_URL", "").strip():
+        return ["AUTH=jwt: tokens come from your identity provider (AUTH_JWKS_URL)"]
+    lines = []
+    if not environ.get("AUTH_HS256_SECRET", "").strip():
+        environ["AUTH_HS256_SECRET"] = secrets.token_hex(32)
+        lines.append(f"AUTH=jwt with a local secret: export AUTH_HS256_SECRET={environ['AUTH_HS256_SECRET']}")
+    lines += [
+        "a customer's token:  TOKEN=$(" + python + " -m gateway.token --sub C123)",
+        "an admin's token:    TOKEN=$(" + python + " -m gateway.token --sub ops --scope shop:admin)",
+        "then:                curl -H \"Authorization: Bearer $TOKEN\" localhost:30080/orders",
+    ]
+    return lines
+
+
 def start(specs: list[ProcessSpec], **popen_kwargs) -> list[tuple[ProcessSpec, subprocess.Popen]]:
     return [(s, subprocess.Popen([sys.executable, "-m", s.module], env=s.env, **popen_kwargs)) for s in specs]
 
@@ -111,6 +137,7 @@ def main() -> int:
     environ = dict(os.environ)
     if args.replicas > 1:
         environ = replicated_environ(environ)
+    credentials = local_credentials(environ)
     specs = plan(environ, args.replicas)
     procs = start(specs)
 
@@ -120,6 +147,8 @@ def main() -> int:
             print(f"  {spec.name:<12} http://localhost:{spec.port}  (try: curl localhost:{spec.port}/inventory)")
         else:
             print(f"  {spec.name:<12} grpc localhost:{spec.port}  metrics http://localhost:{spec.metrics_port}/metrics")
+    for line in credentials:
+        print(f"  {line}")
     print("Ctrl-C stops everything.\n", flush=True)
 
     stopping = False
