@@ -50,6 +50,7 @@ import grpc
 from plumbing.config import OrderConfig
 from plumbing.deadlines import MARGIN_S, remaining_s, timeout_for_call
 from plumbing.errors import ShopError, failed_precondition, from_rpc_error, invalid_argument, not_found
+from plumbing.identity import Caller, may_see
 from plumbing.logs import request_id_var
 from plumbing.timestamps import utc_now
 from plumbing.validation import PAYMENT_METHOD_REFERENCE, Violations
@@ -167,6 +168,9 @@ class OrderRequest:
     items: tuple[tuple[str, int], ...]
     payment_method: str
     idempotency_key: str = ""
+    # Placed by the customer themselves, signed in: only their own payment
+    # methods may be charged (payment checks it).
+    placed_by_customer: bool = False
 
     def fingerprint(self) -> str:
         """What makes two requests with one idempotency key the same request."""
@@ -371,9 +375,11 @@ class OrderSaga:
 
     # Reads
 
-    def get_order(self, order_id: str) -> Order:
+    def get_order(self, order_id: str, caller: Caller | None = None) -> Order:
+        """The order, if the caller may see it: another customer's order is
+        answered exactly as an unknown one (its existence is not revealed)."""
         order = self.store.get(order_id)
-        if order is None:
+        if order is None or not may_see(caller, order.customer_id):
             raise not_found("order", order_id)
         return order
 
@@ -413,7 +419,7 @@ class OrderSaga:
         # DEBUG: the RPC's own line and the outcome's line tell the story.
         log.debug("order stored", extra={"order_id": stored.id, "customer_id": stored.customer_id})
         try:
-            return self._run(stored, owner)
+            return self._run(stored, owner, request.placed_by_customer)
         except ShopError:
             raise
         except Exception as error:
@@ -427,7 +433,7 @@ class OrderSaga:
                 {"order_id": stored.id},
             ) from error
 
-    def _run(self, order: Order, owner: str) -> Order:
+    def _run(self, order: Order, owner: str, placed_by_customer: bool) -> Order:
         """The saga as the request drives it. An upstream with an unknown
         outcome gets the order failed at once, settled in the background."""
         order_id = order.id
@@ -439,7 +445,7 @@ class OrderSaga:
         if order is not None and order.step == RESERVING:
             # Reserved, priced; nothing written since the order was stored.
             try:
-                order = self._charge_step(order, owner)
+                order = self._charge_step(order, owner, placed_by_customer)
             except _Unsettled as unsettled:
                 error = upstream_unavailable("payment", unsettled.error, order_id, CHARGE_UNSETTLED)
                 return self._fail_later(order, owner, VOIDING, error)
@@ -494,9 +500,9 @@ class OrderSaga:
             )
         )
 
-    def _charge_step(self, order: Order, owner: str) -> Order | None:
-        """Charge the total; a decline or a refusal is final, and so is a
-        capture."""
+    def _charge_step(self, order: Order, owner: str, placed_by_customer: bool) -> Order | None:
+        """Charge the total, for the order's owner; a decline or a refusal
+        is final, and so is a capture."""
         if order.total_cents == 0:
             # Nothing to charge (payment refuses a zero amount).
             return self._confirm(order, owner, payment_id="")
@@ -507,6 +513,8 @@ class OrderSaga:
                     amount_cents=order.total_cents,
                     currency=order.currency,
                     payment_method=order.payment_method,
+                    customer_id=order.customer_id,
+                    placed_by_customer=placed_by_customer,
                 )
             )
         except grpc.RpcError as rpc_error:
@@ -672,9 +680,10 @@ class OrderSaga:
 
     # Cancelling
 
-    def cancel_order(self, order_id: str) -> Order:
-        """Refund, release the stock, CANCELLED. Repeating it is harmless."""
-        order = self.get_order(order_id)
+    def cancel_order(self, order_id: str, caller: Caller | None = None) -> Order:
+        """Refund, release the stock, CANCELLED. Repeating it is harmless.
+        Another customer's order is unknown, as in get_order."""
+        order = self.get_order(order_id, caller)
         if order.status == CANCELLED:
             return order
         if order.status == PENDING:
@@ -694,7 +703,7 @@ class OrderSaga:
         cancelling = self.store.begin_cancel(order_id, owner, self._lease_until(calls=2))
         if cancelling is None:
             # Cancelled meanwhile by a concurrent cancel: look again.
-            return self.cancel_order(order_id)
+            return self.cancel_order(order_id, caller)
         try:
             return self._cancel_step(cancelling)
         except _Unsettled as unsettled:

@@ -1,6 +1,7 @@
-"""The server interceptor every service runs: request id, deadline, one log
-line per RPC (DEBUG when it went well), go-grpc-prometheus metrics, and
-ShopError -> status."""
+"""The server interceptor every service runs: request id, deadline, the
+caller's identity (and the admin scope on admin RPCs), one log line per RPC
+(DEBUG when it went well), go-grpc-prometheus metrics, and ShopError ->
+status."""
 
 import logging
 import time
@@ -10,6 +11,14 @@ import grpc
 from plumbing import metrics
 from plumbing.deadlines import deadline_from_remaining, deadline_var
 from plumbing.errors import ShopError
+from plumbing.identity import (
+    SCOPES_METADATA,
+    SUBJECT_METADATA,
+    admin_rpc,
+    caller_from_metadata,
+    caller_var,
+    needs_admin,
+)
 from plumbing.logs import accepted_request_id, request_id_var
 
 log = logging.getLogger("plumbing.rpc")
@@ -34,9 +43,10 @@ class ServerInterceptor(grpc.ServerInterceptor):
             return cached[1]
         service, method = metrics.split_method(handler_call_details.method)
         behavior = handler.unary_unary
+        admin = admin_rpc(handler_call_details.method)
 
         def observed(request, context):
-            return self._observe(behavior, request, context, service, method)
+            return self._observe(behavior, request, context, service, method, admin)
 
         wrapped = grpc.unary_unary_rpc_method_handler(
             observed,
@@ -46,18 +56,26 @@ class ServerInterceptor(grpc.ServerInterceptor):
         self._observed[handler_call_details.method] = (handler, wrapped)
         return wrapped
 
-    def _observe(self, behavior, request, context: grpc.ServicerContext, service, method):
-        request_id = None
+    def _observe(self, behavior, request, context: grpc.ServicerContext, service, method, admin: bool):
+        request_id = subject = scopes = None
         for key, value in context.invocation_metadata():
             if key == "x-request-id":
                 request_id = value
-                break
+            elif key == SUBJECT_METADATA:
+                subject = value
+            elif key == SCOPES_METADATA:
+                scopes = value
         rid_token = request_id_var.set(accepted_request_id(request_id))
         deadline_token = deadline_var.set(deadline_from_remaining(context.time_remaining()))
+        caller_token = None
         metrics.labelled(metrics.server_started, "unary", service, method).inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            caller = caller_from_metadata(subject, scopes)
+            caller_token = caller_var.set(caller)
+            if admin and caller is not None and not caller.admin:
+                raise needs_admin()
             response = behavior(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response
@@ -93,5 +111,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
                         "peer": context.peer(),
                     },
                 )
+            if caller_token is not None:
+                caller_var.reset(caller_token)
             deadline_var.reset(deadline_token)
             request_id_var.reset(rid_token)

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from shop.api.v1 import http_options_pb2 as shop_dot_api_dot_v1_dot_http__options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eshop/api/v1/http_options.proto\"H\n\x04\x43\x61rd\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\texp_month\x18\x02 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x03 \x01(\x05\x12\x0b\n\x03\x63vc\x18\x04 \x01(\t\"A\n\x1a\x43reatePaymentMethodRequest\x12#\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x15.shop.payment.v1.Card\"h\n\rPaymentMethod\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncard_brand\x18\x02 \x01(\t\x12\x12\n\ncard_last4\x18\x03 \x01(\t\x12\x11\n\texp_month\x18\x04 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x05 \x01(\x05\"\x9f\x02\n\x07Payment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.shop.payment.v1.PaymentStatus\x12\x12\n\ncard_brand\x18\x06 \x01(\t\x12\x12\n\ncard_last4\x18\x07 \x01(\t\x12\x16\n\x0e\x64\x65\x63line_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x17GetPaymentMethodRequest\x12\x19\n\x11payment_method_id\x18\x01 \x01(\t\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\'\n\x13ListPaymentsRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"B\n\x14ListPaymentsResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.shop.payment.v1.Payment\"a\n\rChargeRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x16\n\x0epayment_method\x18\x04 \x01(\t\"\x1f\n\x0bVoidRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\":\n\x0cVoidResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.shop.payment.v1.Payment\"!\n\rRefundRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t*Y\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43\x41PTURED\x10\x01\x12\x0c\n\x08\x44\x45\x43LINED\x10\x02\x12\x0c\n\x08REFUNDED\x10\x03\x32\xe5\x05\n\x0ePaymentService\x12\x9c\x01\n\x13\x43reatePaymentMethod\x12+.shop.payment.v1.CreatePaymentMethodRequest\x1a\x1e.shop.payment.v1.PaymentMethod\"8\x92\x82\x19\x19\x08\x01\x12\x15/payment_methods/{id}\x82\xd3\xe4\x93\x02\x15\"\x10/payment_methods:\x01*\x12\x8a\x01\n\x10GetPaymentMethod\x12(.shop.payment.v1.GetPaymentMethodRequest\x1a\x1e.shop.payment.v1.PaymentMethod\",\x82\xd3\xe4\x93\x02&\x12$/payment_methods/{payment_method_id}\x12j\n\nGetPayment\x12\".shop.payment.v1.GetPaymentRequest\x1a\x18.shop.payment.v1.Payment\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/payments/{payment_id}\x12n\n\x0cListPayments\x12$.shop.payment.v1.ListPaymentsRequest\x1a%.shop.payment.v1.ListPaymentsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/payments\x12\x42\n\x06\x43harge\x12\x1e.shop.payment.v1.ChargeRequest\x1a\x18.shop.payment.v1.Payment\x12\x43\n\x04Void\x12\x1c.shop.payment.v1.VoidRequest\x1a\x1d.shop.payment.v1.VoidResponse\x12\x42\n\x06Refund\x12\x1e.shop.payment.v1.RefundRequest\x1a\x18.shop.payment.v1.Paymentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eshop/api/v1/http_options.proto\"H\n\x04\x43\x61rd\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\texp_month\x18\x02 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x03 \x01(\x05\x12\x0b\n\x03\x63vc\x18\x04 \x01(\t\"A\n\x1a\x43reatePaymentMethodRequest\x12#\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x15.shop.payment.v1.Card\"h\n\rPaymentMethod\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncard_brand\x18\x02 \x01(\t\x12\x12\n\ncard_last4\x18\x03 \x01(\t\x12\x11\n\texp_month\x18\x04 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x05 \x01(\x05\"\x9f\x02\n\x07Payment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.shop.payment.v1.PaymentStatus\x12\x12\n\ncard_brand\x18\x06 \x01(\t\x12\x12\n\ncard_last4\x18\x07 \x01(\t\x12\x16\n\x0e\x64\x65\x63line_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x17GetPaymentMethodRequest\x12\x19\n\x11payment_method_id\x18\x01 \x01(\t\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\'\n\x13ListPaymentsRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"B\n\x14ListPaymentsResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.shop.payment.v1.Payment\"\x92\x01\n\rChargeRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x16\n\x0epayment_method\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x1a\n\x12placed_by_customer\x18\x06 \x01(\x08\"\x1f\n\x0bVoidRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\":\n\x0cVoidResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.shop.payment.v1.Payment\"!\n\rRefundRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t*Y\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43\x41PTURED\x10\x01\x12\x0c\n\x08\x44\x45\x43LINED\x10\x02\x12\x0c\n\x08REFUNDED\x10\x03\x32\xe5\x05\n\x0ePaymentService\x12\x9c\x01\n\x13\x43reatePaymentMethod\x12+.shop.payment.v1.CreatePaymentMethodRequest\x1a\x1e.shop.payment.v1.PaymentMethod\"8\x92\x82\x19\x19\x08\x01\x12\x15/payment_methods/{id}\x82\xd3\xe4\x93\x02\x15\"\x10/payment_methods:\x01*\x12\x8a\x01\n\x10GetPaymentMethod\x12(.shop.payment.v1.GetPaymentMethodRequest\x1a\x1e.shop.payment.v1.PaymentMethod\",\x82\xd3\xe4\x93\x02&\x12$/payment_methods/{payment_method_id}\x12j\n\nGetPayment\x12\".shop.payment.v1.GetPaymentRequest\x1a\x18.shop.payment.v1.Payment\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/payments/{payment_id}\x12n\n\x0cListPayments\x12$.shop.payment.v1.ListPaymentsRequest\x1a%.shop.payment.v1.ListPaymentsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/payments\x12\x42\n\x06\x43harge\x12\x1e.shop.payment.v1.ChargeRequest\x1a\x18.shop.payment.v1.Payment\x12\x43\n\x04Void\x12\x1c.shop.payment.v1.VoidRequest\x1a\x1d.shop.payment.v1.VoidResponse\x12\x42\n\x06Refund\x12\x1e.shop.payment.v1.RefundRequest\x1a\x18.shop.payment.v1.Paymentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,8 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._serialized_options = b'\202\323\344\223\002\030\022\026/payments/{payment_id}'
   _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._loaded_options = None
   _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._serialized_options = b'\202\323\344\223\002\013\022\t/payments'
-  _globals['_PAYMENTSTATUS']._serialized_start=1113
-  _globals['_PAYMENTSTATUS']._serialized_end=1202
+  _globals['_PAYMENTSTATUS']._serialized_start=1163
+  _globals['_PAYMENTSTATUS']._serialized_end=1252
   _globals['_CARD']._serialized_start=145
   _globals['_CARD']._serialized_end=217
   _globals['_CREATEPAYMENTMETHODREQUEST']._serialized_start=219
@@ -60,14 +60,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPAYMENTSREQUEST']._serialized_end=816
   _globals['_LISTPAYMENTSRESPONSE']._serialized_start=818
   _globals['_LISTPAYMENTSRESPONSE']._serialized_end=884
-  _globals['_CHARGEREQUEST']._serialized_start=886
-  _globals['_CHARGEREQUEST']._serialized_end=983
-  _globals['_VOIDREQUEST']._serialized_start=985
-  _globals['_VOIDREQUEST']._serialized_end=1016
-  _globals['_VOIDRESPONSE']._serialized_start=1018
-  _globals['_VOIDRESPONSE']._serialized_end=1076
-  _globals['_REFUNDREQUEST']._serialized_start=1078
-  _globals['_REFUNDREQUEST']._serialized_end=1111
-  _globals['_PAYMENTSERVICE']._serialized_start=1205
-  _globals['_PAYMENTSERVICE']._serialized_end=1946
+  _globals['_CHARGEREQUEST']._serialized_start=887
+  _globals['_CHARGEREQUEST']._serialized_end=1033
+  _globals['_VOIDREQUEST']._serialized_start=1035
+  _globals['_VOIDREQUEST']._serialized_end=1066
+  _globals['_VOIDRESPONSE']._serialized_start=1068
+  _globals['_VOIDRESPONSE']._serialized_end=1126
+  _globals['_REFUNDREQUEST']._serialized_start=1128
+  _globals['_REFUNDREQUEST']._serialized_end=1161
+  _globals['_PAYMENTSERVICE']._serialized_start=1255
+  _globals['_PAYMENTSERVICE']._serialized_end=1996
 # @@protoc_insertion_point(module_scope)
