@@ -63,6 +63,8 @@ class AuthConfig:
     def validate(self) -> None:
         if self.mode not in AUTH_MODES:
             raise ConfigError(f"AUTH={self.mode!r} must be off or jwt")
+        if not re.fullmatch(r"[A-Za-z0-9_.:/-]{1,64}", self.subject_claim):
+            raise ConfigError(f"AUTH_SUBJECT_CLAIM={self.subject_claim!r} is not a claim name")
         if not self.jwt:
             return
         if bool(self.jwks_url) == bool(self.hs256_secret):

@@ -77,10 +77,11 @@ def local_credentials(environ: dict[str, str]) -> list[str]:
         return [f"admin routes take this local token: export ADMIN_TOKEN={environ['ADMIN_TOKEN']}"]
     if environ.get("AUTH_JWKS_URL", "").strip():
         return ["AUTH=jwt: tokens come from your identity provider (AUTH_JWKS_URL)"]
-    lines = []
-    if not environ.get("AUTH_HS256_SECRET", "").strip():
+    if environ.get("AUTH_HS256_SECRET", "").strip():
+        lines = ["AUTH=jwt: tokens are signed with your AUTH_HS256_SECRET (export it where you mint them)"]
+    else:
         environ["AUTH_HS256_SECRET"] = secrets.token_hex(32)
-        lines.append(f"AUTH=jwt with a local secret: export AUTH_HS256_SECRET={environ['AUTH_HS256_SECRET']}")
+        lines = [f"AUTH=jwt with a local secret: export AUTH_HS256_SECRET={environ['AUTH_HS256_SECRET']}"]
     lines += [
         "a customer's token:  TOKEN=$(" + python + " -m gateway.token --sub C123)",
         "an admin's token:    TOKEN=$(" + python + " -m gateway.token --sub ops --scope shop:admin)",

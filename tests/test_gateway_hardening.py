@@ -159,3 +159,17 @@ def test_make_run_keeps_an_admin_token_that_is_set():
     environ = {"ADMIN_TOKEN": STRONG}
     local_credentials(environ)
     assert environ == {"ADMIN_TOKEN": STRONG}
+
+
+def test_make_run_with_auth_jwt_says_how_to_get_a_token():
+    environ = {"AUTH": "jwt"}
+    lines = local_credentials(environ)
+    secret = environ["AUTH_HS256_SECRET"]
+    refuse_placeholder("AUTH_HS256_SECRET", secret)
+    assert "ADMIN_TOKEN" not in environ
+    assert any(f"export AUTH_HS256_SECRET={secret}" in line for line in lines)
+    assert any("-m gateway.token --sub C123)" in line for line in lines)
+    assert any("--scope shop:admin" in line for line in lines)
+    with_provider = {"AUTH": "jwt", "AUTH_JWKS_URL": "https://idp.example/jwks"}
+    (line,) = local_credentials(with_provider)
+    assert "identity provider" in line and "AUTH_HS256_SECRET" not in with_provider
