@@ -51,7 +51,7 @@ def main() -> None:
             channel.close()
         engine.dispose()
 
-    serve(config, [service], background=[saga.run_recovery], on_stop=on_stop)
+    serve(config, [service], background=[saga.run_recovery, saga.run_key_retention], on_stop=on_stop)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ DECIDED_GRACE_S = 1.0
 # Orders recovered in parallel, so one slow upstream does not hold up the rest.
 RECOVERY_WORKERS = 4
 RECOVERY_BATCH = 100
+# Idempotency keys forgotten per statement, so no purge holds the orders long.
+KEY_PURGE_BATCH = 1000
 
 # Codes with which an upstream said no for sure: nothing was done. Any other
 # failure (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, ...) leaves the outcome
@@ -804,6 +806,30 @@ class OrderSaga:
                     log.exception("recovery pass failed")
             if not backlog:
                 stopping.wait(self.config.recovery_interval_s)
+
+    # Idempotency-key retention
+
+    def forget_expired_idempotency_keys(self, now: dt.datetime | None = None, batch: int = KEY_PURGE_BATCH) -> int:
+        """One batch: forget the keys of orders placed longer ago than the
+        retention (a retry with one then places a new order); the orders
+        stay. Returns how many were forgotten."""
+        retention = dt.timedelta(hours=self.config.idempotency_key_ttl_h)
+        return self.store.forget_idempotency_keys((now or utc_now()) - retention, batch)
+
+    def run_key_retention(self, stopping: threading.Event) -> None:
+        """The purge loop: batches back to back while there is a backlog,
+        then a pass every key_purge_interval_s. Safe beside other replicas'."""
+        while not stopping.is_set():
+            forgotten = 0
+            try:
+                forgotten = self.forget_expired_idempotency_keys()
+            except Exception:
+                if not self._closed.is_set():
+                    log.exception("forgetting expired idempotency keys failed")
+            if forgotten:
+                log.info("idempotency keys forgotten", extra={"count": forgotten})
+            if forgotten < KEY_PURGE_BATCH:
+                stopping.wait(self.config.key_purge_interval_s)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Let background settling finish (each of its calls has a deadline)."""

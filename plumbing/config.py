@@ -147,6 +147,10 @@ class OrderConfig:
     # An order untouched this long, with no live lease, is recovered: by
     # default the longest a call upstream may take.
     recovery_after_s: float = 5.0
+    # Idempotency keys are kept this long (the contract: at least 24 h),
+    # then forgotten in the background, this often; the orders stay.
+    idempotency_key_ttl_h: float = 24.0
+    key_purge_interval_s: float = 600.0
 
     @classmethod
     def from_env(cls) -> "OrderConfig":
@@ -157,4 +161,5 @@ class OrderConfig:
             downstream_timeout_s=upstream.timeout_s,
             recovery_interval_s=env_float("RECOVERY_INTERVAL_S", 5.0, minimum=0.01),
             recovery_after_s=env_float("RECOVERY_AFTER_S", upstream.timeout_s),
+            idempotency_key_ttl_h=env_float("IDEMPOTENCY_KEY_TTL_H", 24.0, minimum=24.0),
         )
