@@ -17,6 +17,9 @@ route, with AUTH=jwt, a customer's token.
 import enum
 import hmac
 import re
+import threading
+import time
+from collections.abc import Callable
 
 import grpc
 import jwt
@@ -37,6 +40,12 @@ JWKS_LIFESPAN_S = 600
 JWKS_TIMEOUT_S = 5
 # The one algorithm each kind of provider key verifies.
 ALGORITHM_BY_KEY_TYPE = {"RSA": "RS256", "EC": "ES256"}
+# Tokens verified lately are remembered: a client sends one token with many
+# requests, and PyJWT's decode costs 0.1-0.3 ms of CPU each time
+# (docs/performance.md). An entry lasts until the token expires or this
+# long, whichever is first; only tokens that verified are kept.
+VERIFIED_MAX_AGE_S = 60
+VERIFIED_CACHE_SIZE = 4096
 # Only the shop's own scopes travel on to the services.
 _SHOP_SCOPE = re.compile(r"shop:[A-Za-z0-9:._-]{1,64}")
 _REALM = 'Bearer realm="shop"'
@@ -84,7 +93,11 @@ class TokenVerifier:
     and iss and aud when configured, 60 s leeway; then the customer id from
     the subject claim and the scopes from `scope` or `scp`."""
 
-    def __init__(self, auth: AuthConfig):
+    def __init__(self, auth: AuthConfig, clock: Callable[[], float] = time.time):
+        self._clock = clock
+        # token -> (its caller, until when that answer holds)
+        self._verified: dict[str, tuple[Caller, float]] = {}
+        self._remembering = threading.Lock()
         self._subject_claim = auth.subject_claim
         self._issuer = auth.issuer or None
         self._audience = auth.audience or None
@@ -103,6 +116,24 @@ class TokenVerifier:
         )
 
     def verify(self, token: str) -> Caller:
+        now = self._clock()
+        remembered = self._verified.get(token)
+        if remembered is not None and now < remembered[1]:
+            return remembered[0]
+        caller, expires = self._verify_signed(token)
+        self._remember(token, caller, min(expires + LEEWAY_S, now + VERIFIED_MAX_AGE_S))
+        return caller
+
+    def _remember(self, token: str, caller: Caller, until: float) -> None:
+        with self._remembering:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                # The oldest half goes (dicts keep insertion order).
+                for stale in list(self._verified)[: VERIFIED_CACHE_SIZE // 2]:
+                    del self._verified[stale]
+            self._verified[token] = (caller, until)
+
+    def _verify_signed(self, token: str) -> tuple[Caller, float]:
+        """The caller a token names, and when it expires, checked in full."""
         key, algorithm = self._key_for(token)
         try:
             claims = jwt.decode(
@@ -121,7 +152,7 @@ class TokenVerifier:
             raise InvalidToken(
                 f"the token's {self._subject_claim} claim is not a valid customer id (^[A-Za-z0-9_-]{{1,64}}$)"
             )
-        return Caller(subject, _shop_scopes(claims))
+        return Caller(subject, _shop_scopes(claims)), float(claims["exp"])
 
     def _key_for(self, token: str):
         """The key to verify `token` with, and its algorithm."""

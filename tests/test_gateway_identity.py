@@ -603,3 +603,77 @@ def test_gateway_token_refuses_to_sign_without_a_real_secret(monkeypatch, capsys
         monkeypatch.setenv("AUTH_HS256_SECRET", secret)
     assert token_main(["--sub", "C1"]) == 2
     assert problem in capsys.readouterr().err
+
+
+def test_the_bench_can_run_a_scenario_with_auth_jwt(backends):
+    from scripts import benchmark
+
+    args = benchmark.parse_args(["--auth", "jwt", "--scenarios", "get-order"])
+    bench = benchmark.Bench(args, benchmark.LoadTool("hey", "hey", ""), None, "", None)
+    client = make_client(backends, auth=AuthConfig("jwt", hs256_secret=benchmark.JWT_SECRET))
+    assert placed(client, bench.customer_headers)["customer_id"] == benchmark.BENCH_CUSTOMER
+    response = client.post(f"/inventory/{PRODUCT}/adjustments", json={"delta": 1}, headers=bench.admin_headers)
+    assert response.status_code == 200
+    headers = bench.customer_headers
+    command = benchmark.hey_command(bench.tool, "http://x/orders/1", benchmark.SCENARIOS["get-order"], 1, 1, 1, headers)
+    assert command[-3:-1] == ["-H", f"Authorization: {headers['Authorization']}"]
+
+
+# Verified tokens are remembered, briefly
+
+
+class Clock:
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[str]:
+    """Every token PyJWT decodes (verifies in full)."""
+    seen: list[str] = []
+    decode = jwt.decode
+
+    def counting(token, *args, **kwargs):
+        seen.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(gateway_auth.jwt, "decode", counting)
+    return seen
+
+
+def test_a_token_is_verified_once_then_remembered_until_it_expires_or_a_minute_passes(decodes):
+    clock = Clock()
+    verifier = gateway_auth.TokenVerifier(HS256, clock=clock)
+    # Expired 50 s ago: taken within the leeway, for 10 s more.
+    long_lived, short_lived = hs("rememberer", ttl_s=3600), hs("rememberer", ttl_s=-50)
+    for _ in range(3):
+        assert verifier.verify(long_lived).subject == "rememberer"
+        verifier.verify(short_lived)
+    assert decodes == [long_lived, short_lived]
+
+    clock.now += 11  # past the short token's exp and leeway, not a minute
+    verifier.verify(long_lived)
+    verifier.verify(short_lived)  # checked in full again (PyJWT's clock is the real one)
+    assert decodes[2:] == [short_lived]
+    clock.now += gateway_auth.VERIFIED_MAX_AGE_S
+    verifier.verify(long_lived)
+    assert decodes[3:] == [long_lived]
+
+
+def test_only_tokens_that_verify_are_remembered_and_the_memory_is_bounded(decodes, monkeypatch):
+    monkeypatch.setattr(gateway_auth, "VERIFIED_CACHE_SIZE", 4)
+    verifier = gateway_auth.TokenVerifier(HS256)
+    bad = hs("forger") + "x"
+    for _ in range(2):
+        with pytest.raises(gateway_auth.InvalidToken):
+            verifier.verify(bad)
+    assert decodes == [bad, bad]
+    tokens = [hs(f"many-{n}") for n in range(10)]
+    for token in tokens:
+        verifier.verify(token)
+    verifier.verify(tokens[0])  # long forgotten: verified again
+    verifier.verify(tokens[-1])  # remembered
+    assert decodes[2:] == [*tokens, tokens[0]]
