@@ -68,24 +68,23 @@ class KeysUnavailable(Exception):
     """The identity provider's keys cannot be fetched now."""
 
 
+# What a client is told about a token PyJWT refused (subclasses first:
+# InvalidSignatureError is a DecodeError).
+_TOKEN_PROBLEMS = (
+    (jwt.ExpiredSignatureError, "the token has expired"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet"),
+    (jwt.InvalidAudienceError, "the token is not meant for this audience"),
+    (jwt.InvalidIssuerError, "the token is from another issuer"),
+    (jwt.InvalidAlgorithmError, "the token is not signed with the algorithm of the key"),
+    (jwt.InvalidSignatureError, "the token's signature does not verify"),
+    (jwt.DecodeError, "the token is not a well-formed JWT"),
+)
+
+
 def _described(error: jwt.InvalidTokenError) -> str:
-    if isinstance(error, jwt.ExpiredSignatureError):
-        return "the token has expired"
-    if isinstance(error, jwt.ImmatureSignatureError):
-        return "the token is not valid yet"
-    if isinstance(error, jwt.InvalidAudienceError):
-        return "the token is not meant for this audience"
-    if isinstance(error, jwt.InvalidIssuerError):
-        return "the token is from another issuer"
     if isinstance(error, jwt.MissingRequiredClaimError):
         return f"the token has no {error.claim} claim"
-    if isinstance(error, jwt.InvalidAlgorithmError):
-        return "the token is not signed with the algorithm of the key"
-    if isinstance(error, jwt.InvalidSignatureError):
-        return "the token's signature does not verify"
-    if isinstance(error, jwt.DecodeError):
-        return "the token is not a well-formed JWT"
-    return "the token is not valid"
+    return next((problem for kind, problem in _TOKEN_PROBLEMS if isinstance(error, kind)), "the token is not valid")
 
 
 class TokenVerifier:
