@@ -16,6 +16,7 @@ route, with AUTH=jwt, a customer's token.
 
 import enum
 import hmac
+import logging
 import re
 import threading
 import time
@@ -29,6 +30,8 @@ from gateway.errors import ApiError, gateway_error
 from gateway.transcoding import Binding
 from plumbing.identity import ADMIN_SCOPE, Caller
 from plumbing.validation import ID_PATTERN
+
+log = logging.getLogger("gateway.auth")
 
 # Clock skew allowed on exp and nbf.
 LEEWAY_S = 60
@@ -87,6 +90,25 @@ def _described(error: jwt.InvalidTokenError) -> str:
     return next((problem for kind, problem in _TOKEN_PROBLEMS if isinstance(error, kind)), "the token is not valid")
 
 
+class ProviderKeys(jwt.PyJWKClient):
+    """The identity provider's JWKS, as PyJWKClient fetches and caches it,
+    except that while the provider is unreachable the keys it gave last
+    stay in use (for another lifespan, then it is asked again): an outage
+    of the provider must not sign every customer out."""
+
+    _last_good: jwt.PyJWKSet | None = None
+
+    def get_jwk_set(self, refresh: bool = False) -> jwt.PyJWKSet:
+        try:
+            self._last_good = super().get_jwk_set(refresh)
+        except jwt.PyJWKClientConnectionError as error:
+            if self._last_good is None:
+                raise
+            log.warning("identity provider unreachable: its last keys stay in use", extra={"error": str(error)})
+            self.jwk_set_cache.put(self._last_good)
+        return self._last_good
+
+
 class TokenVerifier:
     """Verifies bearer JWTs: signature with a cached key, exp required, nbf,
     and iss and aud when configured, 60 s leeway; then the customer id from
@@ -103,7 +125,7 @@ class TokenVerifier:
         self._options = {"require": ["exp"], "verify_aud": bool(auth.audience)}
         self._secret = auth.hs256_secret.encode()
         self._jwks = (
-            jwt.PyJWKClient(
+            ProviderKeys(
                 auth.jwks_url,
                 cache_jwk_set=True,
                 lifespan=JWKS_LIFESPAN_S,

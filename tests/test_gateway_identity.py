@@ -51,11 +51,15 @@ class KeyServer:
     def __init__(self):
         self.keys = [_jwk(jwt.algorithms.RSAAlgorithm, RSA_KEY, "rsa-1"), _jwk(jwt.algorithms.ECAlgorithm, EC_KEY, "ec-1")]
         self.fetches = 0
+        self.down = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.fetches += 1
+                if server.down:
+                    self.send_error(503)
+                    return
                 body = json.dumps({"keys": server.keys}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -318,6 +322,22 @@ def test_the_identity_providers_keys_unreachable_is_503_not_401(backends):
     response = client.get("/orders", headers=bearer(rs256("C1")))
     assert_error(response, 503, "UNAVAILABLE", "UNAVAILABLE")
     assert response.headers["Retry-After"]
+
+
+def test_while_the_identity_provider_is_down_its_last_keys_stay_in_use(key_server, caplog):
+    keys = gateway_auth.ProviderKeys(key_server.url)
+    assert keys.get_signing_key("rsa-1").key_type == "RSA"
+    key_server.down = True
+    try:
+        kids = {key.key_id for key in keys.get_jwk_set(refresh=True).keys}
+        assert kids == {"rsa-1", "ec-1"}
+        assert "identity provider unreachable" in caplog.text
+        assert keys.get_signing_key("ec-1").key_type == "EC"
+        # Never reached at all: nothing to fall back on (the gateway answers 503).
+        with pytest.raises(jwt.PyJWKClientConnectionError):
+            gateway_auth.ProviderKeys(key_server.url).get_jwk_set()
+    finally:
+        key_server.down = False
 
 
 def test_another_subject_claim_names_the_customer(backends):
