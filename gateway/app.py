@@ -1,13 +1,13 @@
 """The REST gateway's Flask application: routes transcoded from the protos'
-HTTP annotations, the operations routes, and the hooks every request passes
-through (request id, body limit, rate limit, metrics, one access-log line)."""
+HTTP annotations (each admitting its caller: gateway/auth.py), the
+operations routes, and the hooks every request passes through (request id,
+body limit, rate limit, metrics, one access-log line, an audit line for
+admin routes)."""
 
-import hmac
 import logging
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import grpc
@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import metrics, ratelimit
+from gateway.auth import Demand, Gatekeeper
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, from_upstream, gateway_error, invalid_argument
 from gateway.mesh import check_backends, overall_status, service_status
@@ -24,13 +25,14 @@ from gateway.openapi import openapi_document
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
 from plumbing import tracing
-from plumbing.logs import request_id_var
+from plumbing.identity import Caller
+from plumbing.logs import accepted_request_id, request_id_var
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
+# One line per request to an admin route, answered or refused, naming who.
+audit_log = logging.getLogger("gateway.audit")
 
-# A caller's request id travels on (logs, gRPC metadata) only in this form.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # Requests with any other method are counted under this one label.
 OTHER_METHOD = "OTHER"
@@ -54,6 +56,7 @@ class Gateway:
     bindings: list[Binding]
     upstreams: Upstreams
     rate_limit: ratelimit.RateLimit
+    gatekeeper: Gatekeeper
     started_at: float
     # Flask endpoint -> route template, for metrics and logs.
     routes: dict[str, str] = field(default_factory=dict)
@@ -91,7 +94,7 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
         config.upstreams.tls,
     )
     rate_limit = ratelimit.RateLimit(config, os.environ.get(ratelimit.SHARED_DIR_ENV))
-    gateway = Gateway(config, bindings, upstreams, rate_limit, started_at or time.time())
+    gateway = Gateway(config, bindings, upstreams, rate_limit, Gatekeeper(config), started_at or time.time())
 
     # No static folder: Flask's /static/<path> route is no part of the API (POST /static/x would be 405).
     app = GatewayFlask("gateway", static_folder=None)
@@ -111,7 +114,10 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
 
     for binding in bindings:
         app.add_url_rule(
-            binding.rule, endpoint=binding.endpoint, view_func=_transcoder(binding), methods=[binding.verb]
+            binding.rule,
+            endpoint=binding.endpoint,
+            view_func=_transcoder(binding, gateway.gatekeeper.demand(binding)),
+            methods=[binding.verb],
         )
         gateway.routes[binding.endpoint] = binding.template
     _add_operations_routes(app, gateway)
@@ -137,8 +143,7 @@ def _begin_request() -> None:
     state, req = g._get_current_object(), request._get_current_object()
     state.started = time.perf_counter()
     state.upstream_code = ""
-    offered = req.headers.get("X-Request-ID", "")
-    state.request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    state.request_id = accepted_request_id(req.headers.get("X-Request-ID"))
     state.request_id_token = request_id_var.set(state.request_id)
     gateway = _gateway()
     route = gateway.routes.get(req.endpoint, metrics.UNMATCHED_ROUTE)
@@ -180,6 +185,21 @@ def _finish_request(response):
     state.status = status
     if getattr(state, "rate_limited", False):
         metrics.labelled(metrics.rate_limited, route).inc()
+    if getattr(state, "admin_route", False):
+        caller: Caller | None = getattr(state, "caller", None)
+        audit_log.info(
+            "admin action",
+            extra={
+                # With AUTH=off the credential is ADMIN_TOKEN, which names no one.
+                "subject": caller.subject if caller else "",
+                "credential": "jwt" if gateway.gatekeeper.jwt else "admin_token",
+                "client_ip": req.remote_addr,
+                "method": method,
+                "route": route,
+                "path": req.path,
+                "status": status,
+            },
+        )
     access_log.info(
         "request",
         extra={
@@ -213,11 +233,16 @@ def _end_request(_error) -> None:
 # --- transcoded routes -------------------------------------------------------
 
 
-def _transcoder(binding: Binding):
+def _transcoder(binding: Binding, demand: Demand):
+    admin = demand is Demand.ADMIN
+
     def transcode(**path_values):
         gateway = _gateway()
-        if binding.options.admin:
-            _authorize_admin(gateway.config.admin_token)
+        caller = None
+        if demand is not Demand.NOTHING:
+            g.admin_route = admin
+            g.caller = caller = gateway.gatekeeper.identify(demand, request.headers.get("Authorization"))
+            gateway.gatekeeper.authorize(demand, caller)
         try:
             message = build_request(
                 binding,
@@ -229,7 +254,7 @@ def _transcoder(binding: Binding):
             raise invalid_argument(error.message, error.violations) from None
         try:
             response = gateway.upstreams.call(
-                binding.backend, binding.full_method, message, binding.response_class, _outgoing_metadata()
+                binding.backend, binding.full_method, message, binding.response_class, _outgoing_metadata(caller)
             )
         except grpc.RpcError as error:
             api_error = from_upstream(error, binding.backend, gateway.upstreams.timeout_s)
@@ -261,8 +286,12 @@ def _read_body(limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _outgoing_metadata() -> list[tuple[str, str]]:
+def _outgoing_metadata(caller: Caller | None) -> list[tuple[str, str]]:
+    """What travels with the call: the request id, the verified caller (the
+    services enforce ownership with it) and the idempotency key."""
     metadata = [("x-request-id", g.request_id)]
+    if caller is not None:
+        metadata += caller.metadata()
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         if not _IDEMPOTENCY_KEY.fullmatch(key):
@@ -272,28 +301,6 @@ def _outgoing_metadata() -> list[tuple[str, str]]:
             )
         metadata.append(("idempotency-key", key))
     return metadata
-
-
-def _authorize_admin(admin_token: str) -> None:
-    if not admin_token:
-        raise gateway_error(
-            grpc.StatusCode.PERMISSION_DENIED,
-            "admin routes are disabled: the gateway has no ADMIN_TOKEN",
-        )
-    scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
-    challenge = 'Bearer realm="shop admin"'
-    if scheme.lower() != "bearer" or not offered.strip():
-        raise gateway_error(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "this route needs Authorization: Bearer <admin token>",
-            headers={"WWW-Authenticate": challenge},
-        )
-    if not hmac.compare_digest(offered.strip().encode(), admin_token.encode()):
-        raise gateway_error(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "the admin token is not valid",
-            headers={"WWW-Authenticate": challenge + ', error="invalid_token"'},
-        )
 
 
 # --- operations routes -------------------------------------------------------
@@ -331,7 +338,7 @@ def _add_operations_routes(app: Flask, gateway: Gateway) -> None:
         return _json_response(service_status(gateway.upstreams, [("x-request-id", g.request_id)]))
 
     def openapi():
-        return _json_response(openapi_document(gateway.bindings, OPERATIONS_ROUTES))
+        return _json_response(openapi_document(gateway.bindings, OPERATIONS_ROUTES, gateway.gatekeeper))
 
     views = {
         "/health": health,

@@ -3,11 +3,16 @@ and message descriptors the gateway serves from, so it cannot drift."""
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from gateway.auth import Demand, Gatekeeper
 from gateway.errors import HTTP_STATUS_BY_REASON
 from gateway.transcoding import Binding
+from plumbing.identity import ADMIN_SCOPE
 
 _REF = "#/components/schemas/"
 ERROR_SCHEMA = "Error"
+# The bearer scheme of each AUTH mode: ADMIN_TOKEN (off) or a JWT (jwt).
+ADMIN_TOKEN_SCHEME = "adminToken"
+JWT_SCHEME = "bearerJwt"
 
 _SCALARS = {
     FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
@@ -145,7 +150,7 @@ def _error_response(description: str) -> dict:
     }
 
 
-def _operation(binding: Binding, schemas: _Schemas) -> dict:
+def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper) -> dict:
     method = binding.method
     path_fields = {variable.field_path for variable in binding.variables}
     parameters = [
@@ -187,10 +192,19 @@ def _operation(binding: Binding, schemas: _Schemas) -> dict:
             "Location": {"schema": {"type": "string"}, "description": binding.options.location}
         }
     responses = {str(binding.success_status): success}
-    if binding.options.admin:
-        operation["security"] = [{"adminToken": []}]
+    # Secured exactly where the gateway refuses a request without credentials.
+    demand = gatekeeper.demand(binding)
+    if demand is not Demand.NOTHING and not gatekeeper.jwt:
+        operation["security"] = [{ADMIN_TOKEN_SCHEME: []}]
         responses["401"] = _error_response("Missing or wrong admin token")
         responses["403"] = _error_response("Admin routes are disabled (no ADMIN_TOKEN)")
+    elif demand is not Demand.NOTHING:
+        operation["security"] = [{JWT_SCHEME: []}]
+        responses["401"] = _error_response("No token, or a bad or expired one")
+        if demand is Demand.ADMIN:
+            responses["403"] = _error_response(f"A token without the {ADMIN_SCOPE} scope")
+        elif "customer_id" in binding.method.input_type.fields_by_name:
+            responses["403"] = _error_response("customer_id names another customer")
     responses["429"] = _error_response("Over the rate limit (see Retry-After)")
     responses["503"] = _error_response("A backend or its database is unavailable for now (see Retry-After)")
     responses["default"] = _error_response("An error in the API's error shape")
@@ -198,11 +212,11 @@ def _operation(binding: Binding, schemas: _Schemas) -> dict:
     return operation
 
 
-def openapi_document(bindings: list[Binding], operations_routes: tuple[str, ...]) -> dict:
+def openapi_document(bindings: list[Binding], operations_routes: tuple[str, ...], gatekeeper: Gatekeeper) -> dict:
     schemas = _Schemas()
     paths: dict[str, dict] = {}
     for binding in bindings:
-        paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(binding, schemas)
+        paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(binding, schemas, gatekeeper)
     for path in operations_routes:
         description, schema = _OPERATIONS[path]
         content = (
@@ -254,6 +268,10 @@ def openapi_document(bindings: list[Binding], operations_routes: tuple[str, ...]
         "paths": paths,
         "components": {
             "schemas": schemas.components,
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": (
+                {JWT_SCHEME: {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+                if gatekeeper.jwt
+                else {ADMIN_TOKEN_SCHEME: {"type": "http", "scheme": "bearer"}}
+            ),
         },
     }

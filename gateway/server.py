@@ -44,6 +44,8 @@ def serve(config: GatewayConfig) -> None:
     metrics_dir = _metrics_dir(run_dir)
     os.environ[ratelimit.SHARED_DIR_ENV] = run_dir
     os.environ[STARTED_AT_ENV] = repr(time.time())
+    for warning in config.start_warnings():
+        log.warning(warning)
     log.info(
         "starting",
         extra={
@@ -52,6 +54,7 @@ def serve(config: GatewayConfig) -> None:
             "threads": config.threads,
             "rate_limit": config.rate_limit,
             "rate_limit_storage": config.rate_limit_storage_for_logs,
+            "auth": config.auth.mode,
             "metrics_dir": metrics_dir,
             # Calls to the services: mutual TLS as this identity, or plaintext (None).
             "tls_identity": config.upstreams.tls.identity if config.upstreams.tls else None,

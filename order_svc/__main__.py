@@ -58,7 +58,7 @@ def main() -> None:
     serve(
         config,
         [service],
-        background=[saga.run_recovery],
+        background=[saga.run_recovery, saga.run_key_retention],
         on_stop=on_stop,
         database=DatabaseReadiness(engine, store.migrate),
     )

@@ -60,9 +60,10 @@ from plumbing.errors import (
     invalid_argument,
     not_found,
 )
+from plumbing.identity import Caller, may_see
 from plumbing.logs import request_id_var
 from plumbing.timestamps import utc_now
-from plumbing.validation import Violations
+from plumbing.validation import PAYMENT_METHOD_REFERENCE, Violations
 from shop.inventory.v1 import inventory_pb2
 from shop.payment.v1 import payment_pb2
 
@@ -106,6 +107,8 @@ RECOVERY_BATCH = 100
 # order, and a bounded backlog; past it, recovery settles them.
 SETTLING_WORKERS = 4
 SETTLING_BACKLOG = 200
+# Idempotency keys forgotten per statement, so no purge holds the orders long.
+KEY_PURGE_BATCH = 1000
 
 # Codes with which an upstream said no for sure: nothing was done. Any other
 # failure (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, ...) leaves the outcome
@@ -182,6 +185,9 @@ class OrderRequest:
     items: tuple[tuple[str, int], ...]
     payment_method: str
     idempotency_key: str = ""
+    # Placed by the customer themselves, signed in: only their own payment
+    # methods may be charged (payment checks it).
+    placed_by_customer: bool = False
 
     def fingerprint(self) -> str:
         """What makes two requests with one idempotency key the same request."""
@@ -226,10 +232,12 @@ class _Unsettled(Exception):
 
 
 def check_payment_method(violations: Violations, payment_method: str) -> str:
-    """The payment method to charge: a token or payment method id, never a
-    card number (which is neither echoed nor logged)."""
+    """The payment method to charge: a test token or a payment method id,
+    never a card number (which is neither echoed nor logged)."""
     if not payment_method:
         return DEFAULT_PAYMENT_METHOD
+    if PAYMENT_METHOD_REFERENCE.fullmatch(payment_method):
+        return payment_method
     digits = payment_method.replace(" ", "").replace("-", "")
     if CARD_NUMBER.fullmatch(payment_method) and MIN_CARD_DIGITS <= len(digits) <= MAX_CARD_DIGITS:
         violations.add(
@@ -237,9 +245,13 @@ def check_payment_method(violations: Violations, payment_method: str) -> str:
             "looks like a card number: orders never carry card details; create a payment method "
             "with POST /payment_methods and pass its id (pm_...) as payment_method",
         )
-        return ""
-    violations.check_id("payment_method", payment_method)
-    return payment_method
+    else:
+        violations.add(
+            "payment_method",
+            "must be a test token (tok_visa, ...) or the id of a payment method (pm_...) "
+            "created with POST /payment_methods",
+        )
+    return ""
 
 
 def check_idempotency_key(violations: Violations, key: str | None) -> str:
@@ -387,13 +399,15 @@ class OrderSaga:
 
     # Reads
 
-    def get_order(self, order_id: str) -> Order:
+    def get_order(self, order_id: str, caller: Caller | None = None) -> Order:
+        """The order, if the caller may see it: another customer's order is
+        answered exactly as an unknown one (its existence is not revealed)."""
         try:
             order = self.store.get(order_id)
         except DatabaseUnavailable as error:
             error.with_metadata(order_id=order_id)
             raise
-        if order is None:
+        if order is None or not may_see(caller, order.customer_id):
             raise not_found("order", order_id)
         return order
 
@@ -443,7 +457,7 @@ class OrderSaga:
         # DEBUG: the RPC's own line and the outcome's line tell the story.
         log.debug("order stored", extra={"order_id": stored.id, "customer_id": stored.customer_id})
         try:
-            return self._run(stored, owner)
+            return self._run(stored, owner, request.placed_by_customer)
         except DatabaseUnavailable as error:
             # Its lease will lapse, so recovery completes or compensates it,
             # as it does an order whose upstream went away.
@@ -461,7 +475,7 @@ class OrderSaga:
                 {"order_id": stored.id},
             ) from error
 
-    def _run(self, order: Order, owner: str) -> Order:
+    def _run(self, order: Order, owner: str, placed_by_customer: bool) -> Order:
         """The saga as the request drives it. An upstream with an unknown
         outcome gets the order failed at once, settled in the background."""
         order_id = order.id
@@ -473,7 +487,7 @@ class OrderSaga:
         if order is not None and order.step == RESERVING:
             # Reserved, priced; nothing written since the order was stored.
             try:
-                order = self._charge_step(order, owner)
+                order = self._charge_step(order, owner, placed_by_customer)
             except _Unsettled as unsettled:
                 error = upstream_unavailable("payment", unsettled.error, order_id, CHARGE_UNSETTLED)
                 return self._fail_later(order, owner, VOIDING, error)
@@ -530,9 +544,9 @@ class OrderSaga:
         )
 
     @tracing.saga_step("saga.charge")
-    def _charge_step(self, order: Order, owner: str) -> Order | None:
-        """Charge the total; a decline or a refusal is final, and so is a
-        capture."""
+    def _charge_step(self, order: Order, owner: str, placed_by_customer: bool) -> Order | None:
+        """Charge the total, for the order's owner; a decline or a refusal
+        is final, and so is a capture."""
         if order.total_cents == 0:
             # Nothing to charge (payment refuses a zero amount).
             return self._confirm(order, owner, payment_id="")
@@ -543,6 +557,8 @@ class OrderSaga:
                     amount_cents=order.total_cents,
                     currency=order.currency,
                     payment_method=order.payment_method,
+                    customer_id=order.customer_id,
+                    placed_by_customer=placed_by_customer,
                 )
             )
         except grpc.RpcError as rpc_error:
@@ -718,16 +734,17 @@ class OrderSaga:
 
     # Cancelling
 
-    def cancel_order(self, order_id: str) -> Order:
-        """Refund, release the stock, CANCELLED. Repeating it is harmless."""
+    def cancel_order(self, order_id: str, caller: Caller | None = None) -> Order:
+        """Refund, release the stock, CANCELLED. Repeating it is harmless.
+        Another customer's order is unknown, as in get_order."""
         try:
-            return self._cancel(order_id)
+            return self._cancel(order_id, caller)
         except DatabaseUnavailable as error:
             # A cancellation cut off midway is finished by recovery.
             raise upstream_unavailable(ORDER_DATABASE, error, order_id, NOT_CANCELLED_YET) from None
 
-    def _cancel(self, order_id: str) -> Order:
-        order = self.get_order(order_id)
+    def _cancel(self, order_id: str, caller: Caller | None) -> Order:
+        order = self.get_order(order_id, caller)
         if order.status == CANCELLED:
             return order
         if order.status == PENDING:
@@ -747,7 +764,7 @@ class OrderSaga:
         cancelling = self.store.begin_cancel(order_id, owner, self._lease_until(calls=2))
         if cancelling is None:
             # Cancelled meanwhile by a concurrent cancel: look again.
-            return self._cancel(order_id)
+            return self._cancel(order_id, caller)
         try:
             return self._cancel_step(cancelling)
         except _Unsettled as unsettled:
@@ -870,6 +887,30 @@ class OrderSaga:
                     log.exception("recovery pass failed")
             if not backlog:
                 stopping.wait(self.config.recovery_interval_s)
+
+    # Idempotency-key retention
+
+    def forget_expired_idempotency_keys(self, now: dt.datetime | None = None, batch: int = KEY_PURGE_BATCH) -> int:
+        """One batch: forget the keys of orders placed longer ago than the
+        retention (a retry with one then places a new order); the orders
+        stay. Returns how many were forgotten."""
+        retention = dt.timedelta(hours=self.config.idempotency_key_ttl_h)
+        return self.store.forget_idempotency_keys((now or utc_now()) - retention, batch)
+
+    def run_key_retention(self, stopping: threading.Event) -> None:
+        """The purge loop: batches back to back while there is a backlog,
+        then a pass every key_purge_interval_s. Safe beside other replicas'."""
+        while not stopping.is_set():
+            forgotten = 0
+            try:
+                forgotten = self.forget_expired_idempotency_keys()
+            except Exception:
+                if not self._closed.is_set():
+                    log.exception("forgetting expired idempotency keys failed")
+            if forgotten:
+                log.info("idempotency keys forgotten", extra={"count": forgotten})
+            if forgotten < KEY_PURGE_BATCH:
+                stopping.wait(self.config.key_purge_interval_s)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Let background settling finish (each of its calls has a deadline)."""

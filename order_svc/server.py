@@ -3,6 +3,7 @@
 
 from order_svc import saga
 from order_svc.saga import OrderRequest, OrderSaga
+from plumbing.identity import current_caller, customer_for
 from plumbing.timestamps import to_timestamp
 from plumbing.validation import Violations, requested_items, valid_id
 from shop.order.v1 import order_pb2 as pb
@@ -42,30 +43,34 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
 
     def CreateOrder(self, request, context):
         # Everything is checked before the order is stored.
+        caller = current_caller()
+        customer_id = customer_for(caller, request.customer_id)
         violations = Violations()
-        violations.check_id("customer_id", request.customer_id)
+        violations.check_id("customer_id", customer_id)
         items = requested_items(request, violations)
         payment_method = saga.check_payment_method(violations, request.payment_method)
         key = saga.check_idempotency_key(violations, _metadata_value(context, IDEMPOTENCY_KEY))
         violations.raise_if_any()
+        placed_by_customer = caller is not None and not caller.admin
         order = self.saga.place_order(
-            OrderRequest(request.customer_id, tuple(items), payment_method, key),
+            OrderRequest(customer_id, tuple(items), payment_method, key, placed_by_customer),
             caller_gone=lambda: not context.is_active(),
         )
         return order_to_pb(order)
 
     def GetOrder(self, request, context):
-        return order_to_pb(self.saga.get_order(valid_id(request, "order_id")))
+        return order_to_pb(self.saga.get_order(valid_id(request, "order_id"), current_caller()))
 
     def ListOrders(self, request, context):
+        customer_id = customer_for(current_caller(), request.customer_id)
         violations = Violations()
-        page_size, cursor = saga.check_page(violations, request.customer_id, request.page_size, request.page_token)
+        page_size, cursor = saga.check_page(violations, customer_id, request.page_size, request.page_token)
         violations.raise_if_any()
-        page = self.saga.list_orders(request.customer_id, page_size, cursor)
+        page = self.saga.list_orders(customer_id, page_size, cursor)
         return pb.ListOrdersResponse(orders=[order_to_pb(o) for o in page.orders], next_page_token=page.next_page_token)
 
     def CancelOrder(self, request, context):
-        return order_to_pb(self.saga.cancel_order(valid_id(request, "order_id")))
+        return order_to_pb(self.saga.cancel_order(valid_id(request, "order_id"), current_caller()))
 
     def close(self) -> None:
         self.saga.close()

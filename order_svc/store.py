@@ -66,7 +66,21 @@ order_items = sa.Table(
     sa.Column("currency", sa.String(3), nullable=False),
 )
 
-MIGRATIONS = (lambda conn: metadata.create_all(conn),)
+# Orders whose idempotency key is still kept, oldest first: what the key
+# purge reads (partial, so orders whose key is gone leave it).
+_KEYED_BY_TIME = sa.Index(
+    "orders_keyed_by_time",
+    orders.c.created_at,
+    orders.c.seq,
+    sqlite_where=orders.c.idempotency_key.is_not(None),
+    postgresql_where=orders.c.idempotency_key.is_not(None),
+)
+
+MIGRATIONS = (
+    lambda conn: metadata.create_all(conn),
+    # Idempotency keys expire (IDEMPOTENCY_KEY_TTL_H).
+    lambda conn: _KEYED_BY_TIME.create(conn, checkfirst=True),
+)
 
 _ORDER_COLUMNS = {"status", "step", "outcome", "total_cents", "currency", "payment_id"}
 
@@ -102,6 +116,23 @@ _MOVE = {
 }
 _SELECT_BY_IDEMPOTENCY_KEY = sa.select(orders.c.id, orders.c.request_fingerprint).where(
     orders.c.customer_id == sa.bindparam("w_customer_id"), orders.c.idempotency_key == sa.bindparam("w_key")
+)
+# One batch of keys past their retention. SKIP LOCKED (PostgreSQL; SQLite
+# has one writer) lets replicas purge side by side, each its own rows.
+_FORGET_KEYS = (
+    orders.update()
+    .where(
+        orders.c.seq.in_(
+            sa.select(orders.c.seq)
+            .where(orders.c.idempotency_key.is_not(None), orders.c.created_at < sa.bindparam("w_before"))
+            .order_by(orders.c.created_at, orders.c.seq)
+            .limit(sa.bindparam("w_limit"))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .values(idempotency_key=None)
+    .returning(orders.c.seq)
 )
 
 
@@ -202,6 +233,12 @@ class OrderStore:
             if row is None:
                 return None
             return self._load_one(conn, row.id), row.request_fingerprint
+
+    def forget_idempotency_keys(self, placed_before: dt.datetime, limit: int) -> int:
+        """Forget the idempotency keys of up to `limit` orders placed before
+        `placed_before` (the orders stay); how many it forgot."""
+        with db.write(self.engine) as conn:
+            return len(conn.execute(_FORGET_KEYS, {"w_before": placed_before, "w_limit": limit}).all())
 
     # Reads
 

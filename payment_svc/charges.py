@@ -54,6 +54,9 @@ class PaymentMethod:
     exp_year: int | None
     # APPROVE, CARD_DECLINED or INSUFFICIENT_FUNDS.
     processor_outcome: str
+    # The customer who made it (AUTH=jwt), the only one who may see or
+    # charge it; None: made without an identity (AUTH=off), or a test token.
+    customer_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Payment:
     decline_reason: str
     created_at: dt.datetime
     updated_at: dt.datetime
+    # The order's owner; None for payments recorded before owners were kept.
+    customer_id: str | None = None
 
 
 TEST_TOKENS = {
@@ -129,9 +134,12 @@ def is_expired(exp_month: int, exp_year: int, now: dt.datetime) -> bool:
     return (exp_year, exp_month) < (now.year, now.month)
 
 
-def tokenize(number: str, exp_month: int, exp_year: int, cvc: str, now: dt.datetime) -> PaymentMethod:
-    """Check a card and keep only what may be kept. Every problem is reported
-    at once, as field violations that never quote the number or the CVC."""
+def tokenize(
+    number: str, exp_month: int, exp_year: int, cvc: str, now: dt.datetime, customer_id: str | None = None
+) -> PaymentMethod:
+    """Check a card and keep only what may be kept, as a method of
+    `customer_id`. Every problem is reported at once, as field violations
+    that never quote the number or the CVC."""
     violations = Violations()
     digits = number.replace(" ", "")
     # str.isdigit() would let other scripts' digits through; only 0-9 are card digits.
@@ -172,6 +180,7 @@ def tokenize(number: str, exp_month: int, exp_year: int, cvc: str, now: dt.datet
         exp_month=exp_month,
         exp_year=exp_year,
         processor_outcome=DECLINING_CARDS.get(digits, APPROVE),
+        customer_id=customer_id,
     )
 
 
@@ -188,3 +197,10 @@ def authorize(method: PaymentMethod, now: dt.datetime) -> Authorization:
     if method.processor_outcome == APPROVE:
         return Authorization(CAPTURED, "")
     return Authorization(DECLINED, method.processor_outcome)
+
+
+def usable_for(method: PaymentMethod, customer_id: str, placed_by_customer: bool) -> bool:
+    """Whether an order of `customer_id` may be charged on `method`. A test
+    token is anyone's. A customer signed in charges only methods they made;
+    without one (AUTH=off) or for an admin's order, there is no such rule."""
+    return method.id in TEST_TOKENS or not placed_by_customer or method.customer_id == customer_id

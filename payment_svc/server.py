@@ -10,8 +10,9 @@ from collections.abc import Callable
 from payment_svc import charges
 from payment_svc.store import PaymentStore
 from plumbing.errors import invalid_argument, not_found
+from plumbing.identity import current_caller, may_see
 from plumbing.timestamps import to_timestamp, utc_now
-from plumbing.validation import ID_PATTERN, Violations, valid_id
+from plumbing.validation import PAYMENT_METHOD_ID, Violations, valid_id
 from shop.payment.v1 import payment_pb2 as pb
 from shop.payment.v1 import payment_pb2_grpc
 
@@ -53,32 +54,48 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         if not request.HasField("card"):
             raise invalid_argument([("card", "is required")])
         card = request.card
-        method = charges.tokenize(card.number, card.exp_month, card.exp_year, card.cvc, self.clock())
+        caller = current_caller()
+        method = charges.tokenize(
+            card.number, card.exp_month, card.exp_year, card.cvc, self.clock(), caller.subject if caller else None
+        )
         self.store.add_payment_method(method)
         return payment_method_to_pb(method)
 
     def GetPaymentMethod(self, request, context):
+        # Another customer's method is answered exactly as one never issued.
         method = self._payment_method(valid_id(request, "payment_method_id"))
-        if method is None:
+        test_token = method is not None and method.id in charges.TEST_TOKENS
+        if method is None or not (test_token or may_see(current_caller(), method.customer_id)):
             raise not_found("payment method", request.payment_method_id)
         return payment_method_to_pb(method)
 
     def GetPayment(self, request, context):
-        return payment_to_pb(self.store.get_payment(valid_id(request, "payment_id")))
+        payment = self.store.get_payment(valid_id(request, "payment_id"))
+        if not may_see(current_caller(), payment.customer_id):
+            raise not_found("payment", request.payment_id)
+        return payment_to_pb(payment)
 
     def ListPayments(self, request, context):
+        # Another customer's order lists nothing, exactly as an unknown order.
+        caller = current_caller()
         payments = self.store.list_payments(valid_id(request, "order_id"))
-        return pb.ListPaymentsResponse(payments=[payment_to_pb(p) for p in payments])
+        return pb.ListPaymentsResponse(payments=[payment_to_pb(p) for p in payments if may_see(caller, p.customer_id)])
 
     def Charge(self, request, context):
         violations = Violations()
         violations.check_id("order_id", request.order_id)
+        violations.check_id("customer_id", request.customer_id, required=False)
         charges.check_charge(violations, request.amount_cents, request.currency)
         method = None
         if not request.payment_method:
             violations.add("payment_method", "is required")
         else:
             method = self._payment_method(request.payment_method)
+            if method is not None and not charges.usable_for(
+                method, request.customer_id, request.placed_by_customer
+            ):
+                # Another customer's method: answered as one never issued.
+                method = None
             if method is None:
                 # Not quoted: a caller may have pasted a card number here.
                 violations.add(
@@ -88,7 +105,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         violations.raise_if_any()
         authorization = charges.authorize(method, self.clock())
         payment = self.store.charge(
-            request.order_id, request.amount_cents, request.currency, method, authorization
+            request.order_id, request.amount_cents, request.currency, method, authorization, request.customer_id or None
         )
         return payment_to_pb(payment)
 
@@ -102,6 +119,6 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     def _payment_method(self, reference: str) -> charges.PaymentMethod | None:
         if reference in charges.TEST_TOKENS:
             return charges.TEST_TOKENS[reference]
-        if reference.startswith(charges.PAYMENT_METHOD_PREFIX) and ID_PATTERN.fullmatch(reference):
+        if PAYMENT_METHOD_ID.fullmatch(reference):
             return self.store.find_payment_method(reference)
         return None

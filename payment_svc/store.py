@@ -35,6 +35,8 @@ payment_methods = sa.Table(
     sa.Column("exp_year", sa.Integer, nullable=False),
     sa.Column("processor_outcome", sa.String(32), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # Who made it (AUTH=jwt); NULL: made without an identity (AUTH=off).
+    sa.Column("customer_id", sa.String(64), nullable=True),
 )
 
 charge_claims = sa.Table(
@@ -63,11 +65,20 @@ payments = sa.Table(
     sa.Column("payment_method", sa.String(64), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # The order's owner; NULL for payments recorded before owners were kept.
+    sa.Column("customer_id", sa.String(64), nullable=True),
     sa.CheckConstraint("amount_cents > 0", name="amount_positive"),
     sa.CheckConstraint("status IN ('CAPTURED', 'DECLINED', 'REFUNDED')", name="known_status"),
 )
 
-MIGRATIONS = (lambda conn: metadata.create_all(conn),)
+MIGRATIONS = (
+    lambda conn: metadata.create_all(conn),
+    # Owners (AUTH=jwt): a customer sees and charges only their own.
+    lambda conn: (
+        db.add_missing_columns(conn, payment_methods, "customer_id"),
+        db.add_missing_columns(conn, payments, "customer_id"),
+    ),
+)
 
 # Built once, not per charge (building a statement cost more than running it).
 _INSERT_PAYMENT = payments.insert()
@@ -85,6 +96,7 @@ def _payment(row) -> Payment:
         decline_reason=row.decline_reason,
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
+        customer_id=row.customer_id,
     )
 
 
@@ -122,6 +134,7 @@ class PaymentStore:
                     exp_year=method.exp_year,
                     processor_outcome=method.processor_outcome,
                     created_at=utc_now(),
+                    customer_id=method.customer_id,
                 )
             )
 
@@ -131,7 +144,7 @@ class PaymentStore:
         if row is None:
             return None
         return PaymentMethod(
-            row.id, row.card_brand, row.card_last4, row.exp_month, row.exp_year, row.processor_outcome
+            row.id, row.card_brand, row.card_last4, row.exp_month, row.exp_year, row.processor_outcome, row.customer_id
         )
 
     # Saga steps
@@ -143,8 +156,10 @@ class PaymentStore:
         currency: str,
         method: PaymentMethod,
         authorization: Authorization,
+        customer_id: str | None = None,
     ) -> Payment:
-        """Record the order's one payment, or return the one already recorded.
+        """Record the order's one payment (owned by `customer_id`, the
+        order's owner), or return the one already recorded.
 
         Idempotent by order_id: only the caller that claims the order's row
         records a payment; a repeat, or a concurrent duplicate on another
@@ -177,6 +192,7 @@ class PaymentStore:
                 decline_reason=authorization.decline_reason,
                 created_at=now,
                 updated_at=now,
+                customer_id=customer_id,
             )
             conn.execute(_INSERT_PAYMENT, {**payment.__dict__, "payment_method": method.id})
         metrics.payment_recorded(payment)

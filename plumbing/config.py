@@ -225,6 +225,10 @@ class OrderConfig:
     recovery_after_s: float = 5.0
     # The client certificate the order service presents (None: plaintext).
     tls: TlsConfig | None = None
+    # Idempotency keys are kept this long (the contract: at least 24 h),
+    # then forgotten in the background, this often; the orders stay.
+    idempotency_key_ttl_h: float = 24.0
+    key_purge_interval_s: float = 600.0
 
     @classmethod
     def from_env(cls) -> "OrderConfig":
@@ -236,4 +240,5 @@ class OrderConfig:
             downstream_timeout_s=upstream.timeout_s,
             recovery_interval_s=env_float("RECOVERY_INTERVAL_S", 5.0, minimum=0.01),
             recovery_after_s=env_float("RECOVERY_AFTER_S", upstream.timeout_s),
+            idempotency_key_ttl_h=env_float("IDEMPOTENCY_KEY_TTL_H", 24.0, minimum=24.0),
         )

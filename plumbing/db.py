@@ -606,3 +606,19 @@ def migrate(
                 conn.execute(versions.insert().values(version=version))
         if seed is not None:
             seed(conn)
+
+
+def add_missing_columns(conn: Connection, table: sa.Table, *names: str) -> None:
+    """ALTER TABLE ... ADD COLUMN for each named (nullable) column of `table`
+    that the database's table lacks. A migration that adds columns with it
+    upgrades a database made before them, and passes over a new one, whose
+    first migration (create_all) made them already."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+    quote = conn.dialect.identifier_preparer.quote
+    for name in names:
+        column = table.c[name]
+        if not column.nullable or column.server_default is not None:
+            raise ValueError(f"{table.name}.{name}: only nullable columns without a default are added here")
+        if name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {kind}"))

@@ -1,18 +1,26 @@
 """The server interceptor every service runs: with TLS on, the caller table
-first (plumbing/access.py); then request id, deadline, one log line per RPC
-(DEBUG when it went well), go-grpc-prometheus metrics, and ShopError -> status."""
+first (plumbing/access.py); then request id, deadline, the customer's
+identity (and the admin scope on admin RPCs), one log line per RPC (DEBUG
+when it went well), go-grpc-prometheus metrics, and ShopError -> status."""
 
 import logging
 import threading
 import time
-import uuid
 
 import grpc
 
 from plumbing import access, metrics, tracing
 from plumbing.deadlines import deadline_from_remaining, deadline_var
 from plumbing.errors import ShopError, database_unavailable
-from plumbing.logs import request_id_var
+from plumbing.identity import (
+    SCOPES_METADATA,
+    SUBJECT_METADATA,
+    admin_rpc,
+    caller_from_metadata,
+    caller_var,
+    needs_admin,
+)
+from plumbing.logs import accepted_request_id, request_id_var
 
 log = logging.getLogger("plumbing.rpc")
 
@@ -55,9 +63,10 @@ class ServerInterceptor(grpc.ServerInterceptor):
             return wrapped
         service, method = metrics.split_method(handler_call_details.method)
         behavior = handler.unary_unary
+        admin = admin_rpc(handler_call_details.method)
 
         def observed(request, context):
-            return self._observe(behavior, request, context, service, method, check)
+            return self._observe(behavior, request, context, service, method, check, admin)
 
         wrapped = grpc.unary_unary_rpc_method_handler(
             observed,
@@ -67,14 +76,16 @@ class ServerInterceptor(grpc.ServerInterceptor):
         self._observed[handler_call_details.method] = (handler, wrapped)
         return wrapped
 
-    def _observe(self, behavior, request, context: grpc.ServicerContext, service, method, check):
-        request_id = ""
+    def _observe(self, behavior, request, context: grpc.ServicerContext, service, method, check, admin: bool):
+        request_id = subject = scopes = None
         for key, value in context.invocation_metadata():
             if key == "x-request-id":
                 request_id = value
-                break
-        request_id = request_id or uuid.uuid4().hex
-        rid_token = request_id_var.set(request_id)
+            elif key == SUBJECT_METADATA:
+                subject = value
+            elif key == SCOPES_METADATA:
+                scopes = value
+        rid_token = request_id_var.set(accepted_request_id(request_id))
         deadline_token = deadline_var.set(deadline_from_remaining(context.time_remaining()))
         span = None
         if tracing.enabled:
@@ -86,13 +97,17 @@ class ServerInterceptor(grpc.ServerInterceptor):
         metrics.labelled(metrics.server_started, "unary", service, method).inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        caller_token = None
+        caller_token = customer_token = None
         try:
             if check is not None:
                 # Before anything the service does, validation included.
                 caller_token = access.caller_var.set(check(context))
             if self._ready is not None and not self._ready.is_set() and service not in _QUIET_SERVICES:
                 raise _not_ready()
+            customer = caller_from_metadata(subject, scopes)
+            customer_token = caller_var.set(customer)
+            if admin and customer is not None and not customer.admin:
+                raise needs_admin()
             response = behavior(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response
@@ -135,6 +150,8 @@ class ServerInterceptor(grpc.ServerInterceptor):
                     error=None if code is grpc.StatusCode.OK else code.name,
                     **{"rpc.grpc.status_code": code.name},
                 )
+            if customer_token is not None:
+                caller_var.reset(customer_token)
             if caller_token is not None:
                 access.caller_var.reset(caller_token)
             deadline_var.reset(deadline_token)

@@ -7,12 +7,22 @@ a log line is the easiest place to leak one.
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
+import uuid
 
 from plumbing import tracing
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# A caller's request id travels on (log lines, gRPC metadata) only in this
+# form: anything else could forge log fields or carry a secret.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def accepted_request_id(offered: str | None) -> str:
+    """The caller's request id if it has the accepted form, else a new one."""
+    return offered if offered and REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
 
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 # One encoder for every line (json.dumps with default= builds one per call).

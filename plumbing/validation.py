@@ -10,6 +10,11 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # ISO 4217: three capital letters. Always fullmatch: re.match's $ also
 # matches before a trailing newline ("USD\n").
 CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
+# The ids the payment service issues for payment methods (pm_ + 12 random bytes in hex).
+PAYMENT_METHOD_ID = re.compile(r"pm_[0-9a-f]{24}")
+# What an order may name as its payment method: a test token or such an id.
+# Nothing else, so no card number (or anything holding one) reaches an order row.
+PAYMENT_METHOD_REFERENCE = re.compile(r"tok_[A-Za-z0-9]{1,60}|" + PAYMENT_METHOD_ID.pattern)
 MIN_QUANTITY, MAX_QUANTITY = 1, 1000
 MAX_ITEMS = 50
 

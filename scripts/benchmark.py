@@ -31,6 +31,9 @@ from scripts.stack import Stack, http, plan_stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADMIN_TOKEN = "bench-" + uuid.uuid4().hex
+# --auth jwt: the gateway's HS256 secret, and the customer every scenario acts as.
+JWT_SECRET = uuid.uuid4().hex + uuid.uuid4().hex
+BENCH_CUSTOMER = "C-bench"
 # Lifted: the limiter still runs on every request, as in production, but
 # never refuses one.
 LIFTED_RATE_LIMIT = "1000000000/minute"
@@ -127,10 +130,14 @@ def _package_version(name: str) -> str:
     return "unknown"
 
 
-def hey_command(tool: LoadTool, url: str, scenario: Scenario, duration_s: int, concurrency: int, cpus: int):
+def hey_command(
+    tool: LoadTool, url: str, scenario: Scenario, duration_s: int, concurrency: int, cpus: int, headers: dict
+):
     command = [tool.path, "-z", f"{duration_s}s", "-c", str(concurrency), "-cpus", str(cpus), "-m", scenario.method]
     if scenario.body is not None:
         command += ["-T", "application/json", "-d", json.dumps(scenario.body)]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
     return [*command, url]
 
 
@@ -192,10 +199,14 @@ end
 """
 
 
-def wrk_command(tool: LoadTool, url: str, scenario: Scenario, duration_s: int, concurrency: int, workdir: str):
+def wrk_command(
+    tool: LoadTool, url: str, scenario: Scenario, duration_s: int, concurrency: int, workdir: str, headers: dict
+):
     body = ""
     if scenario.body is not None:
         body = f'wrk.body = [[{json.dumps(scenario.body)}]]\nwrk.headers["Content-Type"] = "application/json"'
+    for name, value in headers.items():
+        body += f'\nwrk.headers["{name}"] = "{value}"'
     script = os.path.join(workdir, f"wrk-{scenario.key}.lua")
     with open(script, "w") as file:
         file.write(_WRK_SCRIPT % {"method": scenario.method, "body": body})
@@ -228,7 +239,7 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def process_tree(root: int) -> list[int]:
-    """root and every descendant (gunicorn's workers), found by parent pid."""
+    """root and every descendant (the gateway's workers, a service's PROCESSES), found by parent pid."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -292,6 +303,18 @@ class Bench:
     results: dict = field(default_factory=dict)
     profilers: list = field(default_factory=list)
 
+    @property
+    def customer_headers(self) -> dict:
+        """What every scenario request carries: with --auth jwt, the bench customer's token."""
+        if self.args.auth != "jwt":
+            return {}
+        return {"Authorization": f"Bearer {_token(BENCH_CUSTOMER)}"}
+
+    @property
+    def admin_headers(self) -> dict:
+        token = _token("bench-ops", ("shop:admin",)) if self.args.auth == "jwt" else ADMIN_TOKEN
+        return {"Authorization": f"Bearer {token}"}
+
     def url(self, scenario: Scenario) -> str:
         spec = next(s for s, _ in self.stack.procs if s.module == "gateway")
         return f"http://127.0.0.1:{spec.port}" + scenario.path.replace("{order_id}", self.order_id)
@@ -303,7 +326,9 @@ class Bench:
     def prepare(self) -> None:
         """An order to read back in GET /orders/{id}."""
         self.top_up(("P001",))
-        status, _, body = http("POST", self.gateway + "/orders", SCENARIOS["post-order"].body)
+        status, _, body = http(
+            "POST", self.gateway + "/orders", SCENARIOS["post-order"].body, headers=self.customer_headers
+        )
         if status != 201:
             raise RuntimeError(f"could not place the order GET /orders/{{id}} reads: {status} {body}")
         self.order_id = body["id"]
@@ -314,7 +339,7 @@ class Bench:
                 "POST",
                 f"{self.gateway}/inventory/{product}/adjustments",
                 {"delta": STOCK_TOP_UP, "reason": "benchmark top-up"},
-                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                headers=self.admin_headers,
             )
             if status != 200:
                 raise RuntimeError(f"stock top-up of {product} failed: {status} {body}")
@@ -334,8 +359,14 @@ class Bench:
             return command, json.loads
         if self.tool.name == "hey":
             cpus = len(self.loadgen_cpus) if self.loadgen_cpus else os.cpu_count()
-            return hey_command(self.tool, self.url(scenario), scenario, duration_s, concurrency, cpus), parse_hey
-        return wrk_command(self.tool, self.url(scenario), scenario, duration_s, concurrency, self.workdir), parse_wrk
+            command = hey_command(
+                self.tool, self.url(scenario), scenario, duration_s, concurrency, cpus, self.customer_headers
+            )
+            return command, parse_hey
+        command = wrk_command(
+            self.tool, self.url(scenario), scenario, duration_s, concurrency, self.workdir, self.customer_headers
+        )
+        return command, parse_wrk
 
     def run_once(self, scenario: Scenario, duration_s: int, profile: bool = False) -> dict:
         if scenario.buys:
@@ -364,7 +395,7 @@ class Bench:
         return result
 
     def start_profilers(self, scenario: Scenario, duration_s: int) -> None:
-        """py-spy on every process (gunicorn's workers included) for this
+        """py-spy on every process (the gateway's workers included) for this
         run; it slows what it samples, so a profiled run's figures are not
         comparable with the others."""
         os.makedirs(self.args.profile, exist_ok=True)
@@ -460,6 +491,14 @@ def _git_commit() -> str:
     return "unknown"
 
 
+def _token(subject: str, scopes: tuple[str, ...] = ()) -> str:
+    """A token the --auth jwt gateway takes (signed with JWT_SECRET), good for the whole run."""
+    from gateway.config import AuthConfig
+    from gateway.token import mint
+
+    return mint(AuthConfig("jwt", hs256_secret=JWT_SECRET), subject, list(scopes), ttl_s=24 * 3600)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
@@ -483,6 +522,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="none",
         help="none (default, as users run it): no pinning; split: the load tool on the last CPU, the services "
         "on the others; loadgen: the load tool on the last CPU, the services on every CPU (taskset)",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=("off", "jwt"),
+        default="off",
+        help="the gateway's AUTH (default off, as make run); jwt: every request carries a customer's HS256 "
+        "token, so the figures include its verification (compare a read scenario both ways)",
     )
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of every process (default INFO, as deployed)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and data directory")
@@ -550,8 +596,12 @@ def main(argv: list[str]) -> int:
                 "DATA_DIR": os.path.join(workdir, "data"),
                 "RATE_LIMIT": LIFTED_RATE_LIMIT,
                 "RATE_LIMIT_STORAGE": "memory://",
-                "ADMIN_TOKEN": ADMIN_TOKEN,
                 "LOG_LEVEL": args.log_level.upper(),
+                **(
+                    {"AUTH": "jwt", "AUTH_HS256_SECRET": JWT_SECRET}
+                    if args.auth == "jwt"
+                    else {"AUTH": "off", "ADMIN_TOKEN": ADMIN_TOKEN}
+                ),
             }
             if args.postgres:
                 admin_url = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -587,6 +637,7 @@ def main(argv: list[str]) -> int:
                             "gateway_workers": gateway_env.get("GATEWAY_WORKERS", "default"),
                             "gateway_threads": gateway_env.get("GATEWAY_THREADS", "default"),
                             "log_level": args.log_level.upper(),
+                            "auth": args.auth,
                             # Anything else busy on the machine skews every figure: look here first.
                             "loadavg_at_start": round(os.getloadavg()[0], 2),
                         }

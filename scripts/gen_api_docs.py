@@ -13,16 +13,20 @@ Usage: python -m scripts.gen_api_docs   (rewrites docs/api.md in place)
 tests/test_docs.py fails when the committed file is not what this writes.
 """
 
+import os
 import pathlib
 import re
 import sys
 import tempfile
+from unittest import mock
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from grpc_tools import protoc
 
 from gateway.app import OPERATIONS_ROUTES
+from gateway.auth import Gatekeeper
+from gateway.config import GatewayConfig
 from gateway.errors import HTTP_STATUS_BY_CODE
 from gateway.openapi import openapi_document
 from gateway.transcoding import route_table
@@ -218,11 +222,20 @@ def _message(message: Descriptor, comments: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _as_make_run_starts_it() -> Gatekeeper:
+    """The gateway's defaults (AUTH=off: only the admin routes take a token),
+    whatever this shell's environment says."""
+    with mock.patch.dict(os.environ, clear=True):
+        return Gatekeeper(GatewayConfig.from_env())
+
+
 def render(text: str) -> str:
     """`text` (docs/api.md) with every generated block written anew."""
     comments = proto_comments()
     blocks = {
-        "rest-routes": lambda: rest_routes(openapi_document(route_table(SERVICES), OPERATIONS_ROUTES)),
+        "rest-routes": lambda: rest_routes(
+            openapi_document(route_table(SERVICES), OPERATIONS_ROUTES, _as_make_run_starts_it())
+        ),
         "grpc-codes": grpc_codes,
         "grpc-services": lambda: grpc_services(comments),
         "messages": lambda: messages(comments),

@@ -280,6 +280,11 @@ for n, d in by_kind.get("Secret", {}).items():
     data = {k: base64.b64decode(v).decode() for k, v in (d.get("data") or {}).items()}
     data.update(d.get("stringData") or {})
     secrets[n] = data
+# What the README's overlay does: a real JWT secret for the placeholder the
+# gateway refuses to start with.
+if "AUTH_HS256_SECRET" in secrets.get("shop-secrets", {}):
+    import secrets as random_secrets
+    secrets["shop-secrets"]["AUTH_HS256_SECRET"] = random_secrets.token_hex(32)
 stand_ins = {"postgres": pg_image, "redis": redis_image}
 
 
@@ -500,6 +505,7 @@ http() {
     local method=$1 path=$2 data=${3:-} out
     local -a extra=()
     [[ -n $data ]] && extra=(-H 'Content-Type: application/json' --data "$data")
+    [[ -n ${TOKEN:-} ]] && extra+=(-H "Authorization: Bearer $TOKEN")
     out=$(in_pod curl -sS --max-time 15 -X "$method" "${extra[@]}" -H "X-Request-ID: smoke-$$" \
         -w '\n%{http_code} %{time_total}' "http://127.0.0.1:$GATEWAY_PORT$path") || die "$method $path: curl failed"
     BODY=$(sed '$d' <<<"$out"); read -r CODE TIME < <(tail -n1 <<<"$out")
@@ -513,6 +519,9 @@ drive_order() {
     http GET /ready;             [[ $CODE == 200 ]] || die "/ready answered $CODE: $BODY"
     http GET /inventory/P001;    [[ $CODE == 200 ]] || die "GET /inventory/P001 answered $CODE: $BODY"
     local before; before=$(jq -r .available <<<"$BODY")
+    # AUTH=jwt (shop.env): the order is placed and read as customer C-smoke.
+    TOKEN=$(AUTH_HS256_SECRET=$(grep -E '^AUTH_HS256_SECRET=' "$WORK/run/api-gateway.env" | cut -d= -f2) \
+        "$PY" -m gateway.token --sub C-smoke) || die "could not mint a token with python -m gateway.token"
     http POST /orders '{"customer_id": "C-smoke", "items": [{"product_id": "P001", "quantity": 2}], "payment_method": "tok_visa"}'
     [[ $CODE == 201 ]] || die "POST /orders answered $CODE: $BODY"
     local id status; id=$(jq -r .id <<<"$BODY"); status=$(jq -r .status <<<"$BODY")

@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -123,6 +124,35 @@ def own_tls(environ: dict[str, str], key: str) -> dict[str, str]:
     return {name: environ.get(f"{key}_{name}", "") for name in PER_PROCESS_TLS}
 
 
+def local_credentials(environ: dict[str, str]) -> list[str]:
+    """What a shop on this machine needs to be usable, filled into environ,
+    and the lines that tell how to use it: with AUTH=off and no ADMIN_TOKEN,
+    a random admin token; with AUTH=jwt and no keys, a random
+    AUTH_HS256_SECRET (`python -m gateway` alone keeps refusing both)."""
+    python = os.path.relpath(sys.executable)
+    if environ.get("AUTH", "off").strip().lower() != "jwt":
+        if environ.get("ADMIN_TOKEN", "").strip():
+            return ["admin routes take Authorization: Bearer $ADMIN_TOKEN (yours)"]
+        # 64 hex digits: 32 random bytes, and never the "change-me" of a placeholder.
+        token = environ["ADMIN_TOKEN"] = secrets.token_hex(32)
+        return [f"admin token for this run (ADMIN_TOKEN was unset): {token}  (export ADMIN_TOKEN={token})"]
+    if environ.get("AUTH_JWKS_URL", "").strip():
+        return ["AUTH=jwt: tokens come from your identity provider (AUTH_JWKS_URL)"]
+    if environ.get("AUTH_HS256_SECRET", "").strip():
+        lines = ["AUTH=jwt: tokens are signed with your AUTH_HS256_SECRET (export it where you mint them)"]
+    else:
+        environ["AUTH_HS256_SECRET"] = secrets.token_hex(32)
+        lines = [f"AUTH=jwt with a local secret: export AUTH_HS256_SECRET={environ['AUTH_HS256_SECRET']}"]
+    lines += [
+        "a customer's token:  TOKEN=$(" + python + " -m gateway.token --sub C123)",
+        "an admin's token:    TOKEN=$(" + python + " -m gateway.token --sub ops --scope shop:admin)",
+        "then:                curl -H \"Authorization: Bearer $TOKEN\" localhost:30080/orders",
+    ]
+    return lines
+
+
+
+
 def tls_environ(environ: dict[str, str]) -> dict[str, str]:
     """make run TLS=1: a local CA and a certificate per process in
     $DATA_DIR/tls (the CA kept across runs, the certificates fresh), and the
@@ -144,20 +174,13 @@ def tls_of(spec: ProcessSpec) -> TlsConfig | None:
     return TlsConfig.load(*files) if all(files) else None
 
 
-def local_environ(environ: dict[str, str], terminal: bool) -> tuple[dict[str, str], str]:
+def local_environ(environ: dict[str, str], terminal: bool) -> tuple[dict[str, str], list[str]]:
     """make run's own defaults on top of `environ`: text logs for a terminal,
-    and, when no admin token is set and AUTH is off, a random one for this run
-    (returned, to be printed; "" if none was made). `python -m gateway` alone
-    keeps "no token, admin routes answer 403"."""
+    and the credentials of local_credentials (with the lines to print)."""
     environ = dict(environ)
     if terminal and not environ.get("LOG_FORMAT", "").strip():
         environ["LOG_FORMAT"] = "text"
-    generated = ""
-    auth = environ.get("AUTH", "").strip().lower() or "off"
-    if auth == "off" and not environ.get("ADMIN_TOKEN", "").strip():
-        # 64 hex digits: 32 random bytes, and never the "change-me" of a placeholder.
-        generated = environ["ADMIN_TOKEN"] = secrets.token_hex(32)
-    return environ, generated
+    return environ, local_credentials(environ)
 
 
 # --- checks before and during the run ------------------------------------------
@@ -462,7 +485,7 @@ def replicated_environ(environ: dict[str, str], reset: bool = False) -> dict[str
     return environ
 
 
-def run(specs: list[ProcessSpec], admin_token: str = "", out=sys.stdout, logs=sys.stderr) -> int:
+def run(specs: list[ProcessSpec], credentials: Sequence[str] = (), out=sys.stdout, logs=sys.stderr) -> int:
     """Supervise `specs` until SIGINT or SIGTERM; the exit status of make run."""
     supervisor = Supervisor(specs, out=out, logs=logs)
     say = supervisor.say
@@ -490,8 +513,8 @@ def run(specs: list[ProcessSpec], admin_token: str = "", out=sys.stdout, logs=sy
             say(f"  {spec.name:<11} http://localhost:{spec.port}")
         else:
             say(f"  {spec.name:<11} grpc localhost:{spec.port}, metrics http://localhost:{spec.metrics_port}/metrics")
-    if admin_token:
-        say(f"admin token for this run (ADMIN_TOKEN was unset): {admin_token}")
+    for line in credentials:
+        say(line)
     if tls_of(gateway):
         files = " ".join(f"{flag} {gateway.env[name]}" for flag, name in (
             ("-cacert", "TLS_CA_FILE"), ("-cert", "TLS_CERT_FILE"), ("-key", "TLS_KEY_FILE")))
@@ -535,14 +558,14 @@ def main() -> int:
     )
     parser.add_argument("--tls", action="store_true", help="mutual TLS between the processes, with local certificates")
     args = parser.parse_args()
-    environ, admin_token = local_environ(dict(os.environ), terminal=sys.stderr.isatty())
+    environ, credentials = local_environ(dict(os.environ), terminal=sys.stderr.isatty())
     if args.tls:
         environ = tls_environ(environ)
     if args.replicas > 1:
         environ = replicated_environ(environ, reset=args.reset_databases)
     elif args.reset_databases:
         parser.error("--reset-databases is for --replicas (make run-replicated); make run's SQLite lives in DATA_DIR")
-    return run(plan(environ, args.replicas), admin_token)
+    return run(plan(environ, args.replicas), credentials)
 
 
 if __name__ == "__main__":

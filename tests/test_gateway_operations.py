@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
+from gateway.config import DEFAULT_THREADS, DEFAULT_WORKERS, GatewayConfig
 from gateway.metrics import histogram_quantile, traffic_stats
 from gateway.transcoding import route_table
 from gateway.upstreams import SERVICES
@@ -342,12 +342,13 @@ def test_openapi_references_all_resolve(client):
 
 def test_config_defaults(monkeypatch):
     for name in ("GATEWAY_PORT", "RATE_LIMIT", "RATE_LIMIT_STORAGE", "GATEWAY_WORKERS", "GATEWAY_THREADS",
-                 "ADMIN_TOKEN", "TRUSTED_PROXIES", "UPSTREAM_TIMEOUT_S"):  # fmt: skip
+                 "ADMIN_TOKEN", "TRUSTED_PROXIES", "UPSTREAM_TIMEOUT_S", "AUTH", "AUTH_HS256_SECRET"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     config = GatewayConfig.from_env()
     assert (config.port, config.rate_limit, config.rate_limit_storage) == (30080, "100/minute", "memory://")
-    assert (config.workers, config.threads, config.trusted_proxies) == (2, 8, 0)
+    assert (config.workers, config.threads, config.trusted_proxies) == (DEFAULT_WORKERS, DEFAULT_THREADS, 0)
     assert (config.admin_token, config.upstreams.timeout_s, config.max_body_bytes) == ("", 10.0, 65536)
+    assert (config.auth.mode, config.auth.subject_claim) == ("off", "sub")
 
 
 @pytest.mark.parametrize(
@@ -361,11 +362,11 @@ def test_unusable_settings_are_refused(monkeypatch, name, value):
 
 def test_create_app_reads_the_environment(monkeypatch, backends):
     monkeypatch.setenv("INVENTORY_ADDR", backends.inventory)
-    monkeypatch.setenv("ADMIN_TOKEN", "from-env")
+    monkeypatch.setenv("ADMIN_TOKEN", "from-env-" + "7" * 32)
     client = create_app().test_client()
     assert client.get("/inventory/P001").status_code == 200
     response = client.post(
-        "/inventory/P001/adjustments", json={"delta": 1}, headers={"Authorization": "Bearer from-env"}
+        "/inventory/P001/adjustments", json={"delta": 1}, headers={"Authorization": "Bearer from-env-" + "7" * 32}
     )
     assert response.status_code == 200
 

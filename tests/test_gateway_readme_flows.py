@@ -41,10 +41,14 @@ def curl(client, command: str, **placeholders):
     )
 
 
+# What `make run` would have generated and printed.
+LOCAL_ADMIN_TOKEN = "0f3a9c6e1b7d4e2a8c5f0b9d3e6a1c7f"
+
+
 @pytest.fixture
 def client(sqlite_url):
     with running_backends(sqlite_url, real_orders=True) as backends:
-        yield make_client(backends, admin_token="secret")
+        yield make_client(backends, admin_token=LOCAL_ADMIN_TOKEN)
 
 
 def test_issue_flow_flat_order_body(client):
@@ -168,8 +172,9 @@ def test_readme_out_of_stock_order_is_409_naming_the_order(client):
 def test_readme_admin_adjustment(client):
     response = curl(
         client,
-        """curl -X POST localhost:30080/inventory/P001/adjustments -H 'Authorization: Bearer secret' \\
+        """curl -X POST localhost:30080/inventory/P001/adjustments -H "Authorization: Bearer $ADMIN_TOKEN" \\
      -H 'Content-Type: application/json' -d '{"delta": 25, "reason": "restock"}'""",
+        **{"$ADMIN_TOKEN": LOCAL_ADMIN_TOKEN},
     )
     assert response.status_code == 200
     assert response.get_json()["available"] == 125

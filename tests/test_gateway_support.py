@@ -29,7 +29,8 @@ from shop.order.v1 import order_pb2 as order_pb
 from shop.order.v1 import order_pb2_grpc
 from tests import harness
 
-ADMIN_TOKEN = "test-admin-token"
+# At least 32 bytes: the gateway refuses shorter admin tokens.
+ADMIN_TOKEN = "test-admin-token-4f1c9a7e2b6d8035c1e9"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 ORDER_SERVICE = order_pb.DESCRIPTOR.services_by_name["OrderService"].full_name
 

@@ -61,8 +61,9 @@ def _kustomize(directory: Path) -> str:
 
 
 @functools.cache
-def _rendered_text() -> str:
-    return _kustomize(K8S)
+def _rendered_text(path: Path = K8S) -> str:
+    """`kubectl kustomize` of k8s/ (or of an overlay on it)."""
+    return _kustomize(path)
 
 
 @functools.cache
@@ -99,16 +100,16 @@ def validate_strictly(rendered_text: str, directory: Path) -> list[str]:
 
 
 @functools.cache
-def _objects() -> tuple[dict, ...]:
-    return tuple(doc for doc in yaml.safe_load_all(_rendered_text()) if doc)
+def _objects(path: Path = K8S) -> tuple[dict, ...]:
+    return tuple(doc for doc in yaml.safe_load_all(_rendered_text(path)) if doc)
 
 
-def objects(kind: str) -> dict[str, dict]:
-    return {o["metadata"]["name"]: o for o in _objects() if o["kind"] == kind}
+def objects(kind: str, path: Path = K8S) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in _objects(path) if o["kind"] == kind}
 
 
-def workloads() -> dict[str, dict]:
-    return {**objects("Deployment"), **objects("StatefulSet")}
+def workloads(path: Path = K8S) -> dict[str, dict]:
+    return {**objects("Deployment", path), **objects("StatefulSet", path)}
 
 
 def pod_spec(workload: dict) -> dict:
@@ -137,8 +138,8 @@ def container(container_id: str) -> tuple[dict, dict]:
     raise KeyError(container_id)
 
 
-def app_container(name: str) -> dict:
-    (c,) = [c for c in pod_spec(workloads()[name])["containers"] if c["name"] == name]
+def app_container(name: str, path: Path = K8S) -> dict:
+    (c,) = [c for c in pod_spec(workloads(path)[name])["containers"] if c["name"] == name]
     return c
 
 
@@ -159,26 +160,26 @@ def resolve_port(workload: dict, port) -> int:
     return ports[str(port)]
 
 
-def config_data(name: str) -> dict[str, str]:
-    return objects("ConfigMap")[name].get("data", {})
+def config_data(name: str, path: Path = K8S) -> dict[str, str]:
+    return objects("ConfigMap", path)[name].get("data", {})
 
 
-def secret_data(name: str) -> dict[str, str]:
-    secret = objects("Secret")[name]
+def secret_data(name: str, path: Path = K8S) -> dict[str, str]:
+    secret = objects("Secret", path)[name]
     data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
     data.update(secret.get("stringData") or {})
     return data
 
 
-def container_env(c: dict) -> dict[str, str]:
+def container_env(c: dict, path: Path = K8S) -> dict[str, str]:
     """The env a container starts with, as the kubelet builds it: envFrom in
     order, then env, with $(VAR) expanded from what is defined before it."""
     env: dict[str, str] = {}
     for source in c.get("envFrom", []):
         if "configMapRef" in source:
-            env.update(config_data(source["configMapRef"]["name"]))
+            env.update(config_data(source["configMapRef"]["name"], path))
         if "secretRef" in source:
-            env.update(secret_data(source["secretRef"]["name"]))
+            env.update(secret_data(source["secretRef"]["name"], path))
     for var in c.get("env", []):
         if "value" in var:
             env[var["name"]] = re.sub(
@@ -190,10 +191,12 @@ def container_env(c: dict) -> dict[str, str]:
         source = var["valueFrom"]
         if "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
-            env[var["name"]] = config_data(ref["name"])[ref["key"]]
+            env[var["name"]] = config_data(ref["name"], path)[ref["key"]]
         elif "secretKeyRef" in source:
             ref = source["secretKeyRef"]
-            env[var["name"]] = secret_data(ref["name"])[ref["key"]]
+            data = secret_data(ref["name"], path)
+            if ref["key"] in data or not ref.get("optional"):
+                env[var["name"]] = data[ref["key"]]
     return env
 
 
@@ -527,24 +530,83 @@ def test_each_service_has_its_own_postgresql_database_and_role(name, monkeypatch
 def test_gateway_config_loads_and_shares_its_rate_limit_in_redis(monkeypatch):
     from gateway.config import GatewayConfig
 
-    config = _load(monkeypatch, app_container("api-gateway"), GatewayConfig.from_env)
+    # The JWT secret is what an overlay supplies (the base's is refused, below).
+    config = _load(monkeypatch, app_container("api-gateway"), GatewayConfig.from_env, AUTH_HS256_SECRET=REAL_SECRET)
     assert config.port == declared_ports(objects("Deployment")["api-gateway"])["http"]
     # One worker for the pod's one CPU; replicas share one budget in Redis.
     assert config.workers == 1
     url = urlsplit(config.rate_limit_storage)
     assert url.scheme == "redis"
     assert objects("Service")[_service_port(url.hostname, url.port)["metadata"]["name"]]
-    assert config.admin_token == secret_data("shop-secrets")["ADMIN_TOKEN"]
     assert config.trusted_proxies == 0  # externalTrafficPolicy: Local, no proxy hop
+    # Customers see only their own orders; admin is a token scope, not ADMIN_TOKEN.
+    assert (config.auth.mode, config.auth.hs256_secret, config.admin_token) == ("jwt", REAL_SECRET, "")
 
 
-def _load(monkeypatch, c: dict, loader):
-    """A process's own config loader, run on exactly the env the manifest gives it."""
-    import os
+REAL_SECRET = "5d0f8a3e9b1c7e2a4f6d8b0c3e5a7f9d"
 
+
+def test_the_gateway_refuses_to_start_with_the_base_manifests_placeholder_secret(monkeypatch):
+    from gateway.config import GatewayConfig
+    from plumbing.config import ConfigError
+
+    with pytest.raises(ConfigError, match="AUTH_HS256_SECRET is a placeholder"):
+        _load(monkeypatch, app_container("api-gateway"), GatewayConfig.from_env)
+
+
+def _overlay(tmp_path: Path, secrets: dict[str, str], config: dict[str, str]) -> Path:
+    """The overlay README.md ("Set the secrets") shows, with these values."""
+    (tmp_path / "secrets.env").write_text("".join(f"{k}={v}\n" for k, v in secrets.items()))
+    kustomization = {
+        "resources": [os.path.relpath(K8S, tmp_path)],
+        "secretGenerator": [
+            {
+                "name": "shop-secrets",
+                "namespace": NAMESPACE,
+                "behavior": "replace",
+                "envs": ["secrets.env"],
+                "options": {"disableNameSuffixHash": True},
+            }
+        ],
+    }
+    if config:
+        kustomization["configMapGenerator"] = [
+            {"name": "shop-config", "namespace": NAMESPACE, "behavior": "merge", "literals": [f"{k}={v}" for k, v in config.items()]}
+        ]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return tmp_path
+
+
+DB_PASSWORDS = {f"{n}_PASSWORD": "a1b2c3" for n in ("POSTGRES", "INVENTORY_DB", "PAYMENT_DB", "ORDER_DB")}
+
+
+@pytest.mark.parametrize(
+    "secrets, config, keys",
+    [
+        ({"AUTH_HS256_SECRET": REAL_SECRET}, {}, ("", REAL_SECRET)),
+        ({}, {"AUTH_JWKS_URL": "https://idp.example/.well-known/jwks.json"}, ("https://idp.example/.well-known/jwks.json", "")),
+    ],
+    ids=["hs256-secret", "jwks-url"],
+)
+def test_the_documented_overlay_makes_a_gateway_that_starts(tmp_path, monkeypatch, secrets, config, keys):
+    from gateway.config import GatewayConfig
+
+    overlay = _overlay(tmp_path, {**DB_PASSWORDS, **secrets}, config)
+    gateway = app_container("api-gateway", overlay)
     for key in list(os.environ):
         monkeypatch.delenv(key)
-    for key, value in container_env(c).items():
+    for key, value in container_env(gateway, overlay).items():
+        monkeypatch.setenv(key, value)
+    loaded = GatewayConfig.from_env()
+    assert (loaded.auth.mode, loaded.auth.jwks_url, loaded.auth.hs256_secret) == ("jwt", *keys)
+
+
+def _load(monkeypatch, c: dict, loader, **overrides):
+    """A process's own config loader, run on exactly the env the manifest
+    gives it (with `overrides`, as an overlay would set them)."""
+    for key in list(os.environ):
+        monkeypatch.delenv(key)
+    for key, value in {**container_env(c), **overrides}.items():
         monkeypatch.setenv(key, value)
     return loader()
 
@@ -805,40 +867,13 @@ def test_dockerfile_builds_from_python_slim_without_dev_dependencies():
     assert "!requirements-dev.txt" not in ignored and "!tests" not in ignored
 
 
-# ------------------------------------------------------------ optional components
-
-
-def render_with_components(tmp_path: Path, *components: str) -> list[dict]:
-    """The base with k8s/components/<name> added, as an overlay of the user's would render it."""
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    relative = Path(os.path.relpath(K8S, overlay))
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [str(relative)],
-                "components": [str(relative / "components" / name) for name in components],
-            }
-        )
-    )
-    result = subprocess.run([_tool("kubectl"), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(result.stdout)
-    checked = subprocess.run(
-        [_tool("kubernetes-validate"), "--strict", "-k", "1.32.0", "--quiet", str(rendered)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+# ------------------------------------------------------------ the tracing component
 
 
 def test_the_tracing_component_sends_every_process_s_spans_to_its_collector(tmp_path):
-    docs = render_with_components(tmp_path, "tracing")
+    rendered = render_with("tracing")
+    assert validate_strictly(rendered, tmp_path) == []
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
     by_kind: dict[str, dict] = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc

@@ -22,9 +22,10 @@ PROCESS_OF = {service: name for name, service in SERVICE_NAMES.items()}
 
 
 @functools.cache
-def rendered() -> tuple[dict, ...]:
+def rendered(_path: object = None) -> tuple[dict, ...]:
     """k8s/ with the component, as a user's overlay renders it, plus the
-    Secrets the documented command makes."""
+    Secrets the documented command makes. (Takes the base's `path`, as its
+    _objects does, and renders the TLS overlay whatever it is.)"""
     with tempfile.TemporaryDirectory() as directory:
         secrets = kubernetes_secrets(make_certificates(directory))["items"]
     for secret in secrets:

@@ -24,11 +24,21 @@ def test_a_card_number_is_not_a_payment_method(value):
     assert value.replace(" ", "").replace("-", "")[-4:] not in description
 
 
-@pytest.mark.parametrize("value", ["tok_visa", "pm_0123456789abcdef01234567", "12345678901", "12345678901234567890"])
-def test_tokens_ids_and_numbers_that_are_no_card_pass(value):
+@pytest.mark.parametrize("value", ["tok_visa", "tok_chargeDeclined", "pm_0123456789abcdef01234567"])
+def test_test_tokens_and_issued_payment_method_ids_pass(value):
     violations = Violations()
     assert saga.check_payment_method(violations, value) == value
     assert violations.items == []
+
+
+@pytest.mark.parametrize(
+    "value", ["12345678901", "12345678901234567890", "pm_0123", "PM_0123456789ABCDEF01234567", "visa", "tok_"]
+)
+def test_anything_else_is_refused_naming_the_forms_a_payment_method_takes(value):
+    violations = Violations()
+    saga.check_payment_method(violations, value)
+    ((field, description),) = violations.items
+    assert field == "payment_method" and "tok_" in description and "pm_" in description
 
 
 def test_payment_method_defaults_to_tok_visa():

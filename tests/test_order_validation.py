@@ -42,6 +42,10 @@ CARD_NUMBERS = ["4242424242424242", "4242 4242 4242 4242", "4000-0000-0000-0002"
         (dict(customer_id="C1", product_id="P001", quantity=0), ["quantity"]),
         (dict(customer_id="C1", product_id="P001", quantity=1, items=[item()]), ["items"]),
         (dict(VALID, payment_method="tok visa"), ["payment_method"]),
+        # Only test tokens and issued ids: nothing that could hold a card number.
+        (dict(VALID, payment_method="x4242424242424242"), ["payment_method"]),
+        (dict(VALID, payment_method="pm_4242424242424242"), ["payment_method"]),
+        (dict(VALID, payment_method="tok_visa-4242424242424242"), ["payment_method"]),
         (dict(customer_id="", items=[item(quantity=0)]), ["customer_id", "items[0].quantity"]),
     ],
 )

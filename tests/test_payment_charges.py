@@ -89,6 +89,7 @@ def test_tokenize_keeps_brand_last4_expiry_and_a_random_id():
         "exp_month",
         "exp_year",
         "processor_outcome",
+        "customer_id",
     ]
 
 

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -262,6 +263,15 @@ def test_text_access_lines_carry_the_request_id_once():
         request_id_var.reset(token)
     assert line.count("request_id=") == 1
     assert line.endswith(": request request_id=req-7 status=200")
+
+
+@pytest.mark.parametrize("offered", ["x" * 129, "two words", 'forged" level="ERROR', "../etc/passwd"])
+def test_a_request_id_not_in_the_accepted_form_is_replaced_by_a_fresh_one(inventory, offered):
+    def get(stub):
+        stub.GetProduct(pb.GetProductRequest(product_id="P001"), metadata=[("x-request-id", offered)], timeout=5)
+
+    (line,) = _rpc_lines(inventory, logging.DEBUG, get)
+    assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"])
 
 
 def free_port() -> int:

@@ -18,7 +18,8 @@ from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.e2e
 
-ADMIN = {"Authorization": "Bearer e2e-admin"}
+ADMIN_TOKEN = "e2e-admin-" + uuid.uuid4().hex
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
@@ -46,7 +47,7 @@ def replicated(tmp_path):
         "RATE_LIMIT": "1000000/minute",
         "RATE_LIMIT_STORAGE": REDIS_URL,
         "GATEWAY_WORKERS": "2",
-        "ADMIN_TOKEN": "e2e-admin",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
         "DRAIN_DELAY_S": "0.5",
         "SHUTDOWN_GRACE_S": "5",
         "MAX_CONNECTION_AGE_S": "5",

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eshop/api/v1/http_options.proto\x12\x0bshop.api.v1\x1a google/protobuf/descriptor.proto\"r\n\x0bHttpOptions\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x10\n\x08location\x18\x02 \x01(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12\x31\n\x0erefused_fields\x18\x04 \x03(\x0b\x32\x19.shop.api.v1.RefusedField\"-\n\x0cRefusedField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x18\n\x07\x43\x61llers\x12\r\n\x05\x61llow\x18\x01 \x03(\t:H\n\x04http\x12\x1e.google.protobuf.MethodOptions\x18\xa2\x90\x03 \x01(\x0b\x32\x18.shop.api.v1.HttpOptions:G\n\x07\x63\x61llers\x12\x1e.google.protobuf.MethodOptions\x18\xa3\x90\x03 \x01(\x0b\x32\x14.shop.api.v1.Callersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eshop/api/v1/http_options.proto\x12\x0bshop.api.v1\x1a google/protobuf/descriptor.proto\"\x82\x01\n\x0bHttpOptions\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x10\n\x08location\x18\x02 \x01(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12\x31\n\x0erefused_fields\x18\x04 \x03(\x0b\x32\x19.shop.api.v1.RefusedField\x12\x0e\n\x06public\x18\x05 \x01(\x08\"-\n\x0cRefusedField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x18\n\x07\x43\x61llers\x12\r\n\x05\x61llow\x18\x01 \x03(\t:H\n\x04http\x12\x1e.google.protobuf.MethodOptions\x18\xa2\x90\x03 \x01(\x0b\x32\x18.shop.api.v1.HttpOptions:G\n\x07\x63\x61llers\x12\x1e.google.protobuf.MethodOptions\x18\xa3\x90\x03 \x01(\x0b\x32\x14.shop.api.v1.Callersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.api.v1.http_options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HTTPOPTIONS']._serialized_start=81
-  _globals['_HTTPOPTIONS']._serialized_end=195
-  _globals['_REFUSEDFIELD']._serialized_start=197
-  _globals['_REFUSEDFIELD']._serialized_end=242
-  _globals['_CALLERS']._serialized_start=244
-  _globals['_CALLERS']._serialized_end=268
+  _globals['_HTTPOPTIONS']._serialized_start=82
+  _globals['_HTTPOPTIONS']._serialized_end=212
+  _globals['_REFUSEDFIELD']._serialized_start=214
+  _globals['_REFUSEDFIELD']._serialized_end=259
+  _globals['_CALLERS']._serialized_start=261
+  _globals['_CALLERS']._serialized_end=285
 # @@protoc_insertion_point(module_scope)

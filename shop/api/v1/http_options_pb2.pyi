@@ -12,16 +12,18 @@ CALLERS_FIELD_NUMBER: _ClassVar[int]
 callers: _descriptor.FieldDescriptor
 
 class HttpOptions(_message.Message):
-    __slots__ = ("created", "location", "admin", "refused_fields")
+    __slots__ = ("created", "location", "admin", "refused_fields", "public")
     CREATED_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_FIELD_NUMBER: _ClassVar[int]
     created: bool
     location: str
     admin: bool
     refused_fields: _containers.RepeatedCompositeFieldContainer[RefusedField]
-    def __init__(self, created: _Optional[bool] = ..., location: _Optional[str] = ..., admin: _Optional[bool] = ..., refused_fields: _Optional[_Iterable[_Union[RefusedField, _Mapping]]] = ...) -> None: ...
+    public: bool
+    def __init__(self, created: _Optional[bool] = ..., location: _Optional[str] = ..., admin: _Optional[bool] = ..., refused_fields: _Optional[_Iterable[_Union[RefusedField, _Mapping]]] = ..., public: _Optional[bool] = ...) -> None: ...
 
 class RefusedField(_message.Message):
     __slots__ = ("name", "message")

@@ -28,7 +28,9 @@ if _version_not_supported:
 class OrderServiceStub:
     """Orders, each run as a saga: reserve stock -> charge -> confirm, with
     compensation. CreateOrder is made safe to retry by the metadata
-    `idempotency-key` (scoped to the customer).
+    `idempotency-key` (scoped to the customer). With identity metadata
+    (x-shop-subject, x-shop-scopes) a customer places, sees and cancels only
+    their own orders (another's answers NOT_FOUND); shop:admin sees all.
     """
 
     def __init__(self, channel):
@@ -62,7 +64,9 @@ class OrderServiceStub:
 class OrderServiceServicer:
     """Orders, each run as a saga: reserve stock -> charge -> confirm, with
     compensation. CreateOrder is made safe to retry by the metadata
-    `idempotency-key` (scoped to the customer).
+    `idempotency-key` (scoped to the customer). With identity metadata
+    (x-shop-subject, x-shop-scopes) a customer places, sees and cancels only
+    their own orders (another's answers NOT_FOUND); shop:admin sees all.
     """
 
     def CreateOrder(self, request, context):
@@ -125,7 +129,9 @@ def add_OrderServiceServicer_to_server(servicer, server):
 class OrderService:
     """Orders, each run as a saga: reserve stock -> charge -> confirm, with
     compensation. CreateOrder is made safe to retry by the metadata
-    `idempotency-key` (scoped to the customer).
+    `idempotency-key` (scoped to the customer). With identity metadata
+    (x-shop-subject, x-shop-scopes) a customer places, sees and cancels only
+    their own orders (another's answers NOT_FOUND); shop:admin sees all.
     """
 
     @staticmethod

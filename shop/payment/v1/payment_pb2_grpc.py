@@ -28,6 +28,8 @@ if _version_not_supported:
 class PaymentServiceStub:
     """A simulated card processor, and the only place card numbers go (the PCI
     boundary). Charge, Void and Refund are saga steps keyed by order_id.
+    With identity metadata (x-shop-subject), a customer sees only their own
+    payment methods and payments; another's answer NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -76,6 +78,8 @@ class PaymentServiceStub:
 class PaymentServiceServicer:
     """A simulated card processor, and the only place card numbers go (the PCI
     boundary). Charge, Void and Refund are saga steps keyed by order_id.
+    With identity metadata (x-shop-subject), a customer sees only their own
+    payment methods and payments; another's answer NOT_FOUND.
     """
 
     def CreatePaymentMethod(self, request, context):
@@ -177,6 +181,8 @@ def add_PaymentServiceServicer_to_server(servicer, server):
 class PaymentService:
     """A simulated card processor, and the only place card numbers go (the PCI
     boundary). Charge, Void and Refund are saga steps keyed by order_id.
+    With identity metadata (x-shop-subject), a customer sees only their own
+    payment methods and payments; another's answer NOT_FOUND.
     """
 
     @staticmethod
