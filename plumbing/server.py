@@ -200,13 +200,9 @@ def serve(
     if config.tls is None:
         log.warning("TLS is off: the caller table is not enforced, every peer may call every RPC")
     stopping = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    parent = os.getppid()
+    # A copy of a group stops with the group's first process, however that ends.
+    stop_on_signals(stopping, orphaned=(lambda: os.getppid() != parent) if in_group else None)
     try:
         prepared = database is None or database.wait_until_prepared(stopping)
     except BaseException:
@@ -273,20 +269,12 @@ def serve_as_group(config: ServerConfig) -> bool:
         for n in range(1, config.processes + 1)
     ]
     stopping = threading.Event()
-
-    def on_signal(signum, _frame):
-        stopping.set()
-        for copy in copies:
-            if copy.poll() is None:
-                copy.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stopping)
     log.info(
         "serving as a group",
         extra={"port": config.port, "processes": [c.pid for c in copies], "metrics_dir": metrics_dir},
     )
-    exit_code = 0
+    exit_code, passed_on = 0, False
     while any(copy.poll() is None for copy in copies):
         failed = [c for c in copies if c.poll() is not None and not stopping.is_set()]
         if failed:
@@ -295,7 +283,12 @@ def serve_as_group(config: ServerConfig) -> bool:
                 extra={"pid": failed[0].pid, "exit_code": failed[0].returncode},
             )
             exit_code = 1
-            on_signal(signal.SIGTERM, None)
+            stopping.set()
+        if stopping.is_set() and not passed_on:
+            passed_on = True
+            for copy in copies:
+                if copy.poll() is None:
+                    copy.send_signal(signal.SIGTERM)
         time.sleep(0.2)
     for path in os.listdir(metrics_dir):
         os.remove(os.path.join(metrics_dir, path))
@@ -316,3 +309,28 @@ def _check_port_free(port: int) -> None:
             probe.bind(("::", port))
         except OSError as error:
             raise SystemExit(f"cannot serve gRPC on port {port}: {error.strerror}") from None
+
+
+def stop_on_signals(stopping: threading.Event, orphaned: Callable[[], bool] | None = None) -> None:
+    """SIGTERM and SIGINT set `stopping` (and so does `orphaned()` turning
+    true). Not from the signal handler itself: a handler runs in the main
+    thread between two bytecodes, possibly inside stopping.wait() holding
+    the event's lock, and setting the event there deadlocks that thread (a
+    second SIGTERM did, in a process group stopped twice over). The handler
+    only notes the signal; a watcher thread sets the event."""
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def watch() -> None:
+        while not received and not (orphaned is not None and orphaned()):
+            time.sleep(0.05)
+        reason = signal.Signals(received[0]).name if received else "the group's first process is gone"
+        log.info("shutdown requested", extra={"signal": reason})
+        stopping.set()
+
+    threading.Thread(target=watch, name="stop-on-signals", daemon=True).start()

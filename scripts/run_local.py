@@ -39,6 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.upstreams import SERVICES as BACKENDS
 from plumbing.channels import dial
 from plumbing.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, TlsConfig
+from plumbing.server import stop_on_signals
 
 SERVICES = ("inventory", "payment", "order")
 # Each process's own certificate; TLS_CA_FILE is shared.
@@ -498,13 +499,7 @@ def run(specs: list[ProcessSpec], credentials: Sequence[str] = (), out=sys.stdou
         )
         return 1
 
-    def on_signal(_signum, _frame):
-        if supervisor.stopping.is_set():
-            return
-        supervisor.stopping.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_on_signals(supervisor.stopping)
     supervisor.start()
     gateway = next(s for s in specs if s.module == "gateway")
     say("starting " + ", ".join(f"{name} (pid {pid})" for name, pid in supervisor.pids().items()))

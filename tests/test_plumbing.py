@@ -424,3 +424,22 @@ def _alive(pid: int) -> bool:
         return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")
     except (ProcessLookupError, FileNotFoundError):
         return False
+
+
+def test_a_service_stopped_by_a_burst_of_signals_still_exits(tmp_path):
+    """A process group stopped twice over (make run's group and its parent
+    both passing SIGTERM on) sends a service several signals at once: each
+    must leave it stopping, never deadlocked in its own handler."""
+    port, metrics_port = free_port(), free_port()
+    env = dict(os.environ, INVENTORY_PORT=str(port), METRICS_PORT=str(metrics_port), DATA_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "inventory_svc"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        for _ in range(50):
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        channel.close()
+        if proc.poll() is None:
+            proc.kill()
