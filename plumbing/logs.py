@@ -29,6 +29,23 @@ _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 _ENCODER = json.JSONEncoder(default=str)
 
 
+def _fields(record: logging.LogRecord) -> dict:
+    """A line's fields after its message: the request id (the context's, or
+    the record's own), the trace ids while a span is current, then the
+    record's extras."""
+    fields = {}
+    request_id = request_id_var.get()
+    if request_id:
+        fields["request_id"] = request_id
+    ids = tracing.current_ids()
+    if ids:
+        fields["trace_id"], fields["span_id"] = ids
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            fields[key] = value
+    return fields
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str):
         super().__init__()
@@ -52,15 +69,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = request_id_var.get()
-        if request_id:
-            line["request_id"] = request_id
-        ids = tracing.current_ids()
-        if ids:
-            line["trace_id"], line["span_id"] = ids
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                line[key] = value
+        line.update(_fields(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return _ENCODER.encode(line)
@@ -76,16 +85,7 @@ class TextFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {}
-        request_id = request_id_var.get()
-        if request_id:
-            fields["request_id"] = request_id
-        ids = tracing.current_ids()
-        if ids:
-            fields["trace_id"], fields["span_id"] = ids
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                fields[key] = value
+        fields = _fields(record)
         text = f"{self.formatTime(record)} {record.levelname} {self.service} {record.name}: {record.getMessage()}"
         text += "".join(f" {k}={v}" for k, v in fields.items())
         if record.exc_info:
