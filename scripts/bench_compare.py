@@ -19,10 +19,10 @@ import sys
 import tempfile
 
 from scripts import benchmark
-from scripts.stack import Stack
+from scripts.stack import Stack, plan_stack
 
 
-class TreeStack(benchmark.BenchStack):
+class TreeStack(Stack):
     """A stack whose processes run another tree's code."""
 
     def __init__(self, specs, log_dir: str, root: str):
@@ -45,8 +45,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scenarios", default="post-order,get-inventory")
     args = parser.parse_args(argv)
     scenarios = [benchmark.SCENARIOS[key] for key in args.scenarios.split(",")]
-    if any(s.target == "reference" for s in scenarios):
-        parser.error("the reference route is the same in both trees: compare it with scripts/bench")
     tool = benchmark.find_load_tool("auto")
     cpus = sorted(os.sched_getaffinity(0))
     service_cpus, loadgen_cpus = (set(cpus[:-1]), {cpus[-1]}) if len(cpus) >= 2 else (set(cpus), None)
@@ -64,7 +62,7 @@ def main(argv: list[str]) -> int:
                 "LOG_LEVEL": "INFO",
                 "PYTHONPATH": os.path.abspath(tree),
             }
-            stack = TreeStack(benchmark.plan_bench_stack(environ, with_reference=False), workdir, tree)
+            stack = TreeStack(plan_stack(1, environ), workdir, tree)
             stacks.append(stack)
             stack.start()
         if loadgen_cpus:
