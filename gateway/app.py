@@ -146,7 +146,7 @@ def _begin_request() -> None:
     state.request_id = accepted_request_id(req.headers.get("X-Request-ID"))
     state.request_id_token = request_id_var.set(state.request_id)
     gateway = _gateway()
-    route = gateway.routes.get(req.endpoint, metrics.UNMATCHED_ROUTE)
+    route = state.route = gateway.routes.get(req.endpoint, metrics.UNMATCHED_ROUTE)
     if tracing.enabled:
         # Continues the client's traceparent, if it sent one.
         state.span, state.span_token = tracing.start_server_span(
@@ -177,7 +177,7 @@ def _finish_request(response):
         for name, value in verdict.headers().items():
             headers[name] = value
     gateway = _gateway()
-    route = gateway.routes.get(req.endpoint, metrics.UNMATCHED_ROUTE)
+    route = getattr(state, "route", metrics.UNMATCHED_ROUTE)
     method = req.method if req.method in gateway.methods else OTHER_METHOD
     status = response.status_code
     elapsed = time.perf_counter() - getattr(state, "started", time.perf_counter())

@@ -3,7 +3,7 @@ embedded SQLite by default, PostgreSQL when replicas share state.
 
 Tables, statements and migrations are SQLAlchemy Core; the stores' reads and
 writes (db.read, db.write) run those statements on the driver's own
-connection, each compiled once (Tx, below), because SQLAlchemy's
+connection, each compiled once (plumbing/statements.py), because SQLAlchemy's
 per-execution work cost ten times the statements on the hot paths.
 
 SQLite runs in WAL mode with synchronous=FULL (a confirmed order survives a
@@ -30,9 +30,7 @@ import sqlite3
 import threading
 import weakref
 import zlib
-from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import grpc
 import psycopg
@@ -40,10 +38,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.compiler import Compiled as SQLCompiled
 
 from plumbing.deadlines import MARGIN_S, deadline_from_remaining, deadline_var, remaining_s
 from plumbing.errors import DatabaseUnavailable, database_unavailable
+from plumbing.statements import Plans, Tx
 
 log = logging.getLogger("plumbing.db")
 
@@ -264,146 +262,13 @@ def _begin_sqlite(driver_connection, immediate: bool) -> None:
         driver_connection.execute("BEGIN")
 
 
-# Statements on the driver
-
-
-class Rows:
-    """A statement's rows, fetched, and its row count: the part of
-    SQLAlchemy's Result the stores use."""
-
-    __slots__ = ("_rows", "rowcount")
-
-    def __init__(self, rows: list, rowcount: int):
-        self._rows = rows
-        self.rowcount = rowcount
-
-    def __iter__(self) -> Iterator:
-        return iter(self._rows)
-
-    def first(self):
-        return self._rows[0] if self._rows else None
-
-    def one(self):
-        if len(self._rows) != 1:
-            raise sa.exc.NoResultFound() if not self._rows else sa.exc.MultipleResultsFound()
-        return self._rows[0]
-
-    def all(self) -> list:
-        return list(self._rows)
-
-    def scalar_one(self):
-        return self.one()[0]
-
-    def scalars(self) -> list:
-        return [row[0] for row in self._rows]
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A statement compiled for one dialect: its SQL, how to turn the
-    caller's parameters into the driver's, and its rows into named tuples
-    with SQLAlchemy's own type conversions (SQLite's timestamps are text)."""
-
-    compiled: SQLCompiled
-    sql: str
-    # (bind name, bind processor or None), in the driver's parameter order.
-    binds: tuple[tuple[str, Callable | None], ...]
-    named: bool
-    # An IN (:list): its placeholders are written out for each call's list.
-    expanding: bool
-    row: type | None
-    result_processors: tuple[Callable | None, ...] | None
-
-    @classmethod
-    def of(cls, statement, dialect, keys: list[str] | None, params: dict | None) -> "_Plan":
-        compiled = statement.compile(dialect=dialect, column_keys=keys)
-        expanding = any(bind.expanding for bind in compiled.binds.values())
-        named = compiled.positiontup is None
-        by_name = {name: bind for bind, name in compiled.bind_names.items()}
-        names = list(compiled.construct_params(params)) if named else compiled.positiontup
-        binds = tuple(
-            (name, by_name[name].type.dialect_impl(dialect).bind_processor(dialect) if name in by_name else None)
-            for name in names
-        )
-        columns = list(getattr(statement, "exported_columns", ()))
-        row = processors = None
-        if columns:
-            row = namedtuple("Row", [c.key for c in columns], rename=True)
-            processors = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
-            if not any(processors):
-                processors = None
-        return cls(compiled, compiled.string, binds, named, expanding, row, processors)
-
-    def sql_and_arguments(self, params: dict | None):
-        """The SQL to send and the driver's parameters for it."""
-        if self.expanding:
-            state = self.compiled.construct_expanded_state(params)
-            processors, values = state.processors, state.parameters
-            pairs = ((name, processors.get(name)) for name in (state.positiontup or values))
-            arguments = [(p(values[n]) if p else values[n]) for n, p in pairs]
-            return state.statement, (dict(zip(values, arguments, strict=True)) if self.named else arguments)
-        values = self.compiled.construct_params(params)
-        if self.named:
-            return self.sql, {name: (p(values[name]) if p else values[name]) for name, p in self.binds}
-        return self.sql, [p(values[name]) if p else values[name] for name, p in self.binds]
-
-    def rows(self, cursor) -> Rows:
-        if cursor.description is None:
-            return Rows([], cursor.rowcount)
-        fetched = cursor.fetchall()
-        if self.row is None or len(cursor.description) != len(self.row._fields):
-            return Rows(fetched, cursor.rowcount)
-        make, processors = self.row._make, self.result_processors
-        if processors is None:
-            return Rows([make(r) for r in fetched], cursor.rowcount)
-        return Rows(
-            [make(p(v) if p else v for p, v in zip(processors, r, strict=True)) for r in fetched],
-            cursor.rowcount,
-        )
-
-
-class Tx:
-    """One transaction on the driver's own connection. Statements are
-    SQLAlchemy Core, compiled once per shape and run straight on the
-    driver's cursor: SQLAlchemy's per-execution and per-transaction work
-    cost ten times the statement itself on these hot paths (a product read:
-    228 us against 15 us)."""
-
-    def __init__(self, database: "_Database", driver_connection):
-        self.dialect = database.dialect
-        self.driver_connection = driver_connection
-        self._database = database
-        self._cursor = driver_connection.cursor()
-
-    def execute(self, statement, params: dict | list[dict] | None = None) -> Rows:
-        many = isinstance(params, list)
-        first = params[0] if many else params
-        plan = self._database.plan(statement, first)
-        if many:
-            sql = plan.sql
-            arguments = [plan.sql_and_arguments(p)[1] for p in params]
-        else:
-            sql, arguments = plan.sql_and_arguments(params)
-        if log.isEnabledFor(logging.DEBUG):
-            # As SQLAlchemy's echo would: the statement and its parameters.
-            log.debug("sql", extra={"sql": sql, "parameters": arguments})
-        if many:
-            self._cursor.executemany(sql, arguments)
-            return Rows([], self._cursor.rowcount)
-        self._cursor.execute(sql, arguments)
-        return plan.rows(self._cursor)
-
-
 class _Database:
-    """Per engine: the compiled plans, and on SQLite the one write connection."""
+    """Per engine: its statements' plans, and on SQLite the one write connection."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.dialect = engine.dialect
         self.sqlite = engine.dialect.name == "sqlite"
-        # statement -> {parameter names -> plan}; statements built per call
-        # drop out with their statement.
-        self._plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.plans = Plans(engine.dialect)
         # SQLite has one writer at a time, so a process keeps one connection
         # for its writes and its threads queue for it here, each handed the
         # turn the moment the last one commits. Left to SQLite's busy handler
@@ -413,16 +278,6 @@ class _Database:
         self.writer_lock = threading.RLock()
         self._writer = None
         self._writer_pid = None
-
-    def plan(self, statement, params: dict | None) -> _Plan:
-        keys = tuple(params) if params else ()
-        try:
-            return self._plans[statement][keys]
-        except KeyError:
-            pass
-        plan = _Plan.of(statement, self.dialect, list(keys) or None, params)
-        self._plans.setdefault(statement, {})[keys] = plan
-        return plan
 
     def writer(self):
         """The SQLite write connection (opened again after a fork or a dispose)."""
@@ -525,7 +380,7 @@ def _committed(database: "_Database", driver_connection) -> Iterator[Tx]:
     ends, rolled back if it raises. (Both drivers leave transactions to us:
     SQLite's with isolation_level None, psycopg's in autocommit mode.)"""
     try:
-        yield Tx(database, driver_connection)
+        yield Tx(database.plans, driver_connection)
     except BaseException:
         with contextlib.suppress(Exception):
             driver_connection.execute("ROLLBACK")
