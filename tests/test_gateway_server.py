@@ -22,6 +22,7 @@ from collections import Counter
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from scripts.stack import free_port_base
 from tests.harness import ROOT
 from tests.test_gateway_support import redis_or_skip, running_backends
 
@@ -34,9 +35,9 @@ MAX_SPREAD_REQUESTS = 200
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    # Below the ephemeral range: a port-0 gRPC server or a client socket of
+    # another test cannot take it between this pick and the gateway's bind.
+    return free_port_base()
 
 
 class GatewayProcess:
