@@ -230,8 +230,16 @@ class ObservedChannel(grpc.Channel):
         return False
 
 
+# Connections of their own: by default grpc shares them among every channel
+# of the process with the same target, so a new channel to a server that
+# took over an address (a restart, a reused port) would inherit an old
+# channel's reconnect backoff and fail its first calls fast with UNAVAILABLE.
+_OWN_CONNECTIONS = ("grpc.use_local_subchannel_pool", 1)
+
+
 def dial(address: str, tls: TlsConfig | None, options=()) -> grpc.Channel:
     """A plain grpc channel to `address`: mutual TLS with `tls`, else plaintext."""
+    options = [*options, _OWN_CONNECTIONS]
     if tls is None:
         return grpc.insecure_channel(resolve_target(address), options=options)
     return grpc.secure_channel(resolve_target(address), mtls.channel_credentials(tls), options=options)

@@ -82,7 +82,7 @@ def test_readme_order_flow_place_list_get_cancel(client):
      -H 'Idempotency-Key: 3f6c1b2e' \\
      -d '{"customer_id": "C123", "items": [{"product_id": "P001", "quantity": 2}], "payment_method": "tok_visa"}'""",
     )
-    assert placed.status_code == 201
+    assert placed.status_code == 201, placed.get_data(as_text=True)
     order_id = placed.get_json()["id"]
     assert placed.headers["Location"] == f"/orders/{order_id}"
     retried = curl(
@@ -97,7 +97,7 @@ def test_readme_order_flow_place_list_get_cancel(client):
         """curl -X POST localhost:30080/orders -H 'Content-Type: application/json' \\
      -d '{"product_id": "P001", "quantity": 2, "customer_id": "C123"}'""",
     )
-    assert flat.status_code == 201
+    assert flat.status_code == 201, flat.get_data(as_text=True)
     assert curl(client, "curl localhost:30080/inventory/P001").get_json()["available"] == 96
 
     listed = curl(client, "curl 'localhost:30080/orders?customer_id=C123&page_size=10'").get_json()
@@ -176,7 +176,7 @@ def test_readme_admin_adjustment(client):
      -H 'Content-Type: application/json' -d '{"delta": 25, "reason": "restock"}'""",
         **{"$ADMIN_TOKEN": LOCAL_ADMIN_TOKEN},
     )
-    assert response.status_code == 200
+    assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["available"] == 125
 
 

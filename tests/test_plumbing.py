@@ -13,11 +13,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent import futures
 
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from plumbing import deadlines
@@ -203,6 +204,49 @@ def test_a_comma_separated_address_list_becomes_a_round_robin_target():
     assert resolve_target("127.0.0.1:1,127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
     assert resolve_target("dns:///inventory:50051") == "dns:///inventory:50051"
     assert resolve_target("localhost:50051") == "localhost:50051"
+
+
+def _health_server(port: int) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
+    servicer = health.HealthServicer()
+    servicer.set("grpc.health.v1.Health", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server, port
+
+
+def _fails_unavailable(call, within_s: float = 5.0) -> bool:
+    give_up = time.monotonic() + within_s
+    while time.monotonic() < give_up:
+        try:
+            call()
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_new_channel_reaches_a_new_server_at_an_address_an_old_channel_lost():
+    # grpc shares connections among a process's channels by default: a new
+    # channel would inherit the old one's reconnect backoff and fail fast.
+    old_server, port = _health_server(0)
+    old = open_channel(f"127.0.0.1:{port}", "grpc.health.v1.Health", 2.0)
+    check = health_pb2.HealthCheckRequest(service="grpc.health.v1.Health")
+    assert health_pb2_grpc.HealthStub(old).Check(check).status == health_pb2.HealthCheckResponse.SERVING
+    old_server.stop(0).wait()
+    # Until the old channel has found the server gone (a call in flight at
+    # the stop is CANCELLED instead); then it is in its reconnect backoff.
+    assert _fails_unavailable(lambda: health_pb2_grpc.HealthStub(old).Check(check))
+    new_server, _ = _health_server(port)
+    new = open_channel(f"127.0.0.1:{port}", "grpc.health.v1.Health", 2.0)
+    try:
+        assert health_pb2_grpc.HealthStub(new).Check(check).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for channel in (old, new):
+            channel.close()
+        new_server.stop(0)
 
 
 def _rpc_lines(inventory, level: int, call) -> list[dict]:
