@@ -317,7 +317,7 @@ def test_sigterm_turns_health_not_serving_then_drains_and_exits(tmp_path):
 
 
 def test_make_run_hands_each_process_its_own_per_service_settings():
-    from scripts import run_local
+    from launcher.plan import plan
 
     environ = {
         "INVENTORY_DATABASE_URL": "postgresql://db/inventory",
@@ -329,7 +329,7 @@ def test_make_run_hands_each_process_its_own_per_service_settings():
         "PAYMENT_PROCESSES": "3",
         "PROCESSES": "7",
     }
-    specs = {spec.name: spec for spec in run_local.plan(environ)}
+    specs = {spec.name: spec for spec in plan(environ)}
     assert specs["inventory-1"].env["DATABASE_URL"] == "postgresql://db/inventory"
     assert "DATABASE_URL" not in specs["payment-1"].env  # its own default under DATA_DIR
     assert specs["order-1"].env["METRICS_PORT"] == "9913"
@@ -341,10 +341,10 @@ def test_make_run_hands_each_process_its_own_per_service_settings():
 
 
 def test_make_run_tls_hands_each_process_its_own_certificate_and_one_ca(tmp_path):
+    from launcher.plan import plan, tls_environ
     from plumbing.config import TlsConfig
-    from scripts import run_local
 
-    specs = run_local.plan(run_local.tls_environ({"DATA_DIR": str(tmp_path)}))
+    specs = plan(tls_environ({"DATA_DIR": str(tmp_path)}))
     identities = {
         spec.module.removesuffix("_svc"): TlsConfig.load(
             spec.env["TLS_CERT_FILE"], spec.env["TLS_KEY_FILE"], spec.env["TLS_CA_FILE"]
