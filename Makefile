@@ -43,4 +43,4 @@ clean:
 BENCH_ARGS ?= --compare 3,15
 .PHONY: bench
 bench: $(INSTALLED)
-	$(BIN)/python scripts/bench $(BENCH_ARGS)
+	$(BIN)/python -m bench run $(BENCH_ARGS)
