@@ -10,7 +10,7 @@ from plumbing.server import Service, serve, serve_as_group
 from shop.inventory.v1 import inventory_pb2_grpc
 
 
-@exits_on_config_error
+@exits_on_config_error("inventory: refusing to start")
 def main() -> None:
     config = ServerConfig.from_env("inventory")
     setup_logging("inventory", config.log.level, config.log.format)

@@ -36,7 +36,7 @@ def build_saga(config: OrderConfig, store: OrderStore) -> tuple[OrderSaga, list]
     return saga, [inventory, payment]
 
 
-@exits_on_config_error
+@exits_on_config_error("order: refusing to start")
 def main() -> None:
     config = ServerConfig.from_env("order")
     order_config = OrderConfig.from_env()

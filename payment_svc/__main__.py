@@ -10,7 +10,7 @@ from plumbing.server import Service, serve, serve_as_group
 from shop.payment.v1 import payment_pb2_grpc
 
 
-@exits_on_config_error
+@exits_on_config_error("payment: refusing to start")
 def main() -> None:
     config = ServerConfig.from_env("payment")
     setup_logging("payment", config.log.level, config.log.format)

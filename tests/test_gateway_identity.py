@@ -621,7 +621,9 @@ def test_gateway_token_refuses_to_sign_without_a_real_secret(monkeypatch, capsys
     monkeypatch.delenv("AUTH_HS256_SECRET", raising=False)
     if secret:
         monkeypatch.setenv("AUTH_HS256_SECRET", secret)
-    assert token_main(["--sub", "C1"]) == 2
+    with pytest.raises(SystemExit) as exit:
+        token_main(["--sub", "C1"])
+    assert exit.value.code == 2
     assert problem in capsys.readouterr().err
 
 
