@@ -20,10 +20,12 @@ FIVE_PRODUCTS = ("P001", "P002", "P003", "P004", "P005")
 
 @dataclass(frozen=True)
 class Scenario:
+    """One request driven over and over: against the gateway over HTTP, or
+    GetProduct on the inventory service over gRPC (no gateway)."""
+
     key: str
     name: str
-    # "gateway" (HTTP) or "grpc" (GetProduct on inventory, no gateway)
-    target: str
+    target: str  # "gateway" or "grpc"
     method: str = "GET"
     path: str = ""
     body: dict | None = None

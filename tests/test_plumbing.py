@@ -443,3 +443,18 @@ def test_a_service_stopped_by_a_burst_of_signals_still_exits(tmp_path):
         channel.close()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_domain_value_becomes_a_message_of_the_fields_the_proto_declares():
+    from payment_svc.charges import Payment
+    from plumbing.messages import to_message
+    from plumbing.timestamps import utc_now
+    from shop.payment.v1 import payment_pb2 as pb
+
+    now = utc_now()
+    payment = Payment("pay_1", "ord_1", 1999, "USD", "CAPTURED", "visa", "4242", "", now, now, customer_id="C-owner")
+    message = to_message(pb.Payment, payment, status=pb.CAPTURED)
+    assert (message.id, message.order_id, message.amount_cents, message.card_last4) == ("pay_1", "ord_1", 1999, "4242")
+    assert message.status == pb.CAPTURED  # converted, not copied
+    # The owner is no field of the contract's Payment: never copied, never answered.
+    assert "C-owner" not in str(message)
