@@ -21,12 +21,12 @@ TLS_ARGS = $(if $(filter 1,$(TLS)),--tls)
 
 ## run: every service on the embedded defaults; Ctrl-C stops them all (TLS=1: over mutual TLS)
 run: $(INSTALLED) gen
-	$(BIN)/python -m scripts.run_local $(TLS_ARGS)
+	$(BIN)/python -m launcher $(TLS_ARGS)
 
 ## run-replicated: two replicas of every process on PostgreSQL and Redis (POSTGRES_URL);
 ## RUN_ARGS=--reset-databases starts on empty databases
 run-replicated: $(INSTALLED) gen
-	$(BIN)/python -m scripts.run_local --replicas 2 $(RUN_ARGS) $(TLS_ARGS)
+	$(BIN)/python -m launcher --replicas 2 $(RUN_ARGS) $(TLS_ARGS)
 
 ## test: the whole suite (uses PostgreSQL and Redis on localhost when present)
 test: $(INSTALLED)
@@ -43,4 +43,4 @@ clean:
 BENCH_ARGS ?= --compare 3,15
 .PHONY: bench
 bench: $(INSTALLED)
-	$(BIN)/python scripts/bench $(BENCH_ARGS)
+	$(BIN)/python -m bench run $(BENCH_ARGS)

@@ -7,18 +7,15 @@ import sys
 from gateway.config import GatewayConfig
 from gateway.server import serve
 from plumbing import tracing
-from plumbing.config import ConfigError
+from plumbing.config import exits_on_config_error
 from plumbing.logs import setup_logging
 
 
+@exits_on_config_error("gateway: refusing to start")
 def main() -> int:
-    try:
-        config = GatewayConfig.from_env()
-        # Checked here, in the master: a worker refusing it would crash-loop.
-        tracing.exporter_protocol()
-    except ConfigError as error:
-        print(f"gateway: refusing to start: {error}", file=sys.stderr, flush=True)
-        return 2
+    config = GatewayConfig.from_env()
+    # Checked here, in the master: a worker refusing it would crash-loop.
+    tracing.exporter_protocol()
     setup_logging("gateway", config.log.level, config.log.format)
     serve(config)
     return 0

@@ -141,7 +141,7 @@ class TokenVerifier:
         remembered = self._verified.get(token)
         if remembered is not None and now < remembered[1]:
             return remembered[0]
-        caller, expires = self._verify_signed(token)
+        caller, expires = self.verify_signed(token)
         self._remember(token, caller, min(expires + LEEWAY_S, now + VERIFIED_MAX_AGE_S))
         return caller
 
@@ -153,8 +153,9 @@ class TokenVerifier:
                     del self._verified[stale]
             self._verified[token] = (caller, until)
 
-    def _verify_signed(self, token: str) -> tuple[Caller, float]:
-        """The caller a token names, and when it expires, checked in full."""
+    def verify_signed(self, token: str) -> tuple[Caller, float]:
+        """The caller a token names, and when it expires, checked in full
+        (nothing remembered: what a token seen for the first time costs)."""
         key, algorithm = self._key_for(token)
         try:
             claims = jwt.decode(

@@ -2,7 +2,7 @@
 
 Routes are labelled by their template ("/orders/{order_id}"), never the raw
 path, so the series stay bounded. Upstream calls are counted by the channel
-interceptor in plumbing (grpc_client_handled_total and
+wrapper in plumbing/channels.py (grpc_client_handled_total and
 grpc_client_handling_seconds, by service, method and code).
 
 Every worker process writes its figures to PROMETHEUS_MULTIPROC_DIR;

@@ -13,7 +13,7 @@ import time
 import jwt
 
 from gateway.config import AuthConfig, refuse_placeholder
-from plumbing.config import ConfigError
+from plumbing.config import ConfigError, exits_on_config_error
 from plumbing.identity import ADMIN_SCOPE
 from plumbing.validation import ID_PATTERN
 
@@ -33,6 +33,7 @@ def mint(auth: AuthConfig, subject: str, scopes: list[str], ttl_s: int, now: flo
     return jwt.encode(claims, auth.hs256_secret, algorithm="HS256")
 
 
+@exits_on_config_error("gateway.token")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gateway.token", description="Print a local token signed with AUTH_HS256_SECRET."
@@ -48,13 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ttl < 1:
         parser.error("--ttl must be at least 1 second")
     auth = AuthConfig.from_env()
-    try:
-        if not auth.hs256_secret:
-            raise ConfigError("AUTH_HS256_SECRET is not set: the token is signed with the gateway's secret")
-        refuse_placeholder("AUTH_HS256_SECRET", auth.hs256_secret)
-    except ConfigError as error:
-        print(f"gateway.token: {error}", file=sys.stderr)
-        return 2
+    if not auth.hs256_secret:
+        raise ConfigError("AUTH_HS256_SECRET is not set: the token is signed with the gateway's secret")
+    refuse_placeholder("AUTH_HS256_SECRET", auth.hs256_secret)
     print(mint(auth, args.sub, args.scope, args.ttl))
     return 0
 

@@ -3,6 +3,7 @@
 from inventory_svc import stock
 from inventory_svc.store import InventoryStore
 from plumbing.errors import not_found
+from plumbing.messages import to_message
 from plumbing.validation import Violations, check_items, requested_items, valid_id
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
@@ -11,28 +12,15 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InventoryService"].full_name
 
 
 def product_to_pb(product: stock.Product) -> pb.Product:
-    return pb.Product(
-        product_id=product.product_id,
-        name=product.name,
-        price_cents=product.price_cents,
-        currency=product.currency,
-        available=product.available,
-    )
+    return to_message(pb.Product, product)
 
 
 def reservation_to_pb(reservation: stock.Reservation) -> pb.Reservation:
-    return pb.Reservation(
-        order_id=reservation.order_id,
+    return to_message(
+        pb.Reservation,
+        reservation,
         status=pb.ReservationStatus.Value(reservation.status),
-        items=[
-            pb.ReservedItem(
-                product_id=line.product_id,
-                quantity=line.quantity,
-                unit_price_cents=line.unit_price_cents,
-                currency=line.currency,
-            )
-            for line in reservation.lines
-        ],
+        items=[to_message(pb.ReservedItem, line) for line in reservation.lines],
     )
 
 

@@ -20,7 +20,7 @@ from inventory_svc.stock import (
     ReservedLine,
 )
 from plumbing import db
-from plumbing.errors import failed_precondition, invalid_argument, not_found
+from plumbing.errors import ShopError, failed_precondition, invalid_argument, not_found
 from plumbing.timestamps import utc_now
 
 metadata = sa.MetaData()
@@ -170,13 +170,7 @@ class InventoryStore:
                 .returning(*products.c)
             ).first()
             if row is None:
-                current = self._get(conn, product_id)
-                raise failed_precondition(
-                    "OUT_OF_STOCK",
-                    f"{product_id}: cannot adjust by {delta}, {current.available} available",
-                    product_id=product_id,
-                    available=current.available,
-                )
+                raise self._out_of_stock(conn, product_id, f"cannot adjust by {delta}")
             conn.execute(
                 stock_adjustments.insert().values(
                     product_id=product_id, delta=delta, reason=reason, created_at=utc_now()
@@ -196,10 +190,7 @@ class InventoryStore:
         """
         with db.write(self.engine) as conn:
             now = utc_now()
-            claimed = db.insert_if_absent(
-                conn, reservations, dict(order_id=order_id, status=RESERVED, created_at=now, updated_at=now)
-            )
-            if not claimed:
+            if not self._claim(conn, order_id, RESERVED, now):
                 existing = self._reservation(conn, order_id)
                 if existing.status == RELEASED:
                     raise failed_precondition(
@@ -215,14 +206,8 @@ class InventoryStore:
                 ).first()
                 if row is None:
                     # Raising rolls back every decrement made above.
-                    current = self._get(conn, product_id)
-                    raise failed_precondition(
-                        "OUT_OF_STOCK",
-                        f"{product_id}: {quantity} requested, {current.available} available",
-                        product_id=product_id,
-                        requested=quantity,
-                        available=current.available,
-                        order_id=order_id,
+                    raise self._out_of_stock(
+                        conn, product_id, f"{quantity} requested", requested=quantity, order_id=order_id
                     )
                 lines.append(ReservedLine(product_id, quantity, row.price_cents, row.currency))
             conn.execute(
@@ -236,11 +221,8 @@ class InventoryStore:
         reserved leaves a RELEASED tombstone, so a late Reserve is refused."""
         with db.write(self.engine) as conn:
             now = utc_now()
-            tombstone = db.insert_if_absent(
-                conn, reservations, dict(order_id=order_id, status=RELEASED, created_at=now, updated_at=now)
-            )
-            if tombstone:
-                return Reservation(order_id, RELEASED, ())
+            if self._claim(conn, order_id, RELEASED, now):
+                return Reservation(order_id, RELEASED, ())  # a tombstone
             # Compare-and-set: only the caller that moves RESERVED -> RELEASED
             # puts the stock back.
             moved = conn.execute(
@@ -259,6 +241,25 @@ class InventoryStore:
             return reservation
 
     # Helpers
+
+    def _out_of_stock(self, conn: Connection, product_id: str, wanted: str, **details) -> ShopError:
+        """OUT_OF_STOCK for what was `wanted` of a product, naming what it has now."""
+        available = self._get(conn, product_id).available
+        return failed_precondition(
+            "OUT_OF_STOCK",
+            f"{product_id}: {wanted}, {available} available",
+            product_id=product_id,
+            available=available,
+            **details,
+        )
+
+    @staticmethod
+    def _claim(conn: Connection, order_id: str, status: str, now) -> bool:
+        """Insert an order's reservation row with `status` (INSERT ... ON
+        CONFLICT DO NOTHING): True if this call made it, False if it was there."""
+        return db.insert_if_absent(
+            conn, reservations, dict(order_id=order_id, status=status, created_at=now, updated_at=now)
+        )
 
     @staticmethod
     def _find(conn: Connection, product_id: str):

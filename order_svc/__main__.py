@@ -1,15 +1,14 @@
 """python -m order_svc: read config, build the store, the upstream stubs and
 the saga, serve, and run the recovery loop beside it."""
 
+from sqlalchemy.engine import Engine
+
 from order_svc.saga import OrderSaga
 from order_svc.server import SERVICE_NAME, OrderServicer
 from order_svc.store import OrderStore
-from plumbing import db
 from plumbing.channels import open_channel
 from plumbing.config import OrderConfig, ServerConfig, exits_on_config_error
-from plumbing.logs import setup_logging
-from plumbing.readiness import DatabaseReadiness
-from plumbing.server import Service, serve, serve_as_group
+from plumbing.server import Composed, Service, run_service
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.order.v1 import order_pb2_grpc
 from shop.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -36,33 +35,24 @@ def build_saga(config: OrderConfig, store: OrderStore) -> tuple[OrderSaga, list]
     return saga, [inventory, payment]
 
 
-@exits_on_config_error
+@exits_on_config_error("order: refusing to start")
 def main() -> None:
     config = ServerConfig.from_env("order")
     order_config = OrderConfig.from_env()
-    setup_logging("order", config.log.level, config.log.format)
-    if serve_as_group(config):
-        return
-    engine = db.open_engine(config.database_url, pool_size=config.workers)
-    store = OrderStore(engine)
-    saga, channels = build_saga(order_config, store)
-    servicer = OrderServicer(saga)
-    service = Service(SERVICE_NAME, servicer, order_pb2_grpc.add_OrderServiceServicer_to_server)
 
-    def on_stop() -> None:
-        saga.close()
-        for channel in channels:
-            channel.close()
-        engine.dispose()
+    def compose(engine: Engine) -> Composed:
+        store = OrderStore(engine)
+        saga, channels = build_saga(order_config, store)
 
-    serve(
-        config,
-        [service],
-        background=[saga.run_recovery, saga.run_key_retention],
-        on_stop=on_stop,
-        database=DatabaseReadiness(engine, store.migrate),
-    )
+        def on_stop() -> None:
+            saga.close()
+            for channel in channels:
+                channel.close()
 
+        service = Service(SERVICE_NAME, OrderServicer(saga), order_pb2_grpc.add_OrderServiceServicer_to_server)
+        return Composed([service], store.migrate, [saga.run_recovery, saga.run_key_retention], on_stop)
+
+    run_service(config, compose)
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from payment_svc import charges
 from payment_svc.store import PaymentStore
 from plumbing.errors import invalid_argument, not_found
 from plumbing.identity import current_caller, may_see
+from plumbing.messages import to_message
 from plumbing.timestamps import to_timestamp, utc_now
 from plumbing.validation import PAYMENT_METHOD_ID, Violations, valid_id
 from shop.payment.v1 import payment_pb2 as pb
@@ -20,25 +21,14 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
 
 def payment_method_to_pb(method: charges.PaymentMethod) -> pb.PaymentMethod:
-    return pb.PaymentMethod(
-        id=method.id,
-        card_brand=method.card_brand,
-        card_last4=method.card_last4,
-        exp_month=method.exp_month,
-        exp_year=method.exp_year,
-    )
+    return to_message(pb.PaymentMethod, method)
 
 
 def payment_to_pb(payment: charges.Payment) -> pb.Payment:
-    return pb.Payment(
-        id=payment.id,
-        order_id=payment.order_id,
-        amount_cents=payment.amount_cents,
-        currency=payment.currency,
+    return to_message(
+        pb.Payment,
+        payment,
         status=pb.PaymentStatus.Value(payment.status),
-        card_brand=payment.card_brand,
-        card_last4=payment.card_last4,
-        decline_reason=payment.decline_reason,
         created_at=to_timestamp(payment.created_at),
         updated_at=to_timestamp(payment.updated_at),
     )

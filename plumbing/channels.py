@@ -118,14 +118,22 @@ class ObservedUnaryUnary(grpc.UnaryUnaryMultiCallable):
         self._default_timeout_s = default_timeout_s
         self._seconds = metrics.labelled(metrics.client_handling_seconds, "unary", self._service, self._method)
 
-    def _prepare(self, timeout, metadata) -> tuple[float, list]:
+    def _prepare(self, timeout, metadata, credentials, wait_for_ready, compression) -> dict:
+        """The inner call's keyword arguments: its deadline, x-request-id
+        in its metadata, the rest as given."""
         metadata = list(metadata or ())
         if not any(k == "x-request-id" for k, _ in metadata):
             metadata.append(("x-request-id", request_id_var.get() or uuid.uuid4().hex))
         timeout = timeout_for_call(timeout, self._default_timeout_s)
         if timeout <= 0:
             raise DeadlineAlreadyExceeded()
-        return timeout, metadata
+        return {
+            "timeout": timeout,
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
 
     def _record(self, code: grpc.StatusCode, started: float) -> None:
         metrics.labelled(metrics.client_handled, "unary", self._service, self._method, code.name).inc()
@@ -140,24 +148,17 @@ class ObservedUnaryUnary(grpc.UnaryUnaryMultiCallable):
 
     def _blocking(self, invoke, request, timeout, metadata, credentials, wait_for_ready, compression):
         """A blocking call (`invoke` is the inner __call__ or with_call), observed."""
-        timeout, metadata = self._prepare(timeout, metadata)
+        options = self._prepare(timeout, metadata, credentials, wait_for_ready, compression)
         span = None
         if tracing.enabled:
             span = tracing.start_client_span(
                 f"{self._service}/{self._method}",
-                metadata,
+                options["metadata"],
                 {"rpc.system": "grpc", "rpc.service": self._service, "rpc.method": self._method},
             )
         started = time.perf_counter()
         try:
-            result = invoke(
-                request,
-                timeout=timeout,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
+            result = invoke(request, **options)
         except Exception as error:
             code = self._failed(error, started)
             if span is not None:
@@ -179,16 +180,9 @@ class ObservedUnaryUnary(grpc.UnaryUnaryMultiCallable):
         )
 
     def future(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
-        timeout, metadata = self._prepare(timeout, metadata)
+        options = self._prepare(timeout, metadata, credentials, wait_for_ready, compression)
         started = time.perf_counter()
-        future = self._inner.future(
-            request,
-            timeout=timeout,
-            metadata=metadata,
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
+        future = self._inner.future(request, **options)
         future.add_done_callback(lambda done: self._record(done.code(), started))
         return future
 

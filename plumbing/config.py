@@ -20,18 +20,22 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the process says why and exits."""
 
 
-def exits_on_config_error(main):
-    """A process's main(): a bad setting ends it with one clear line, not a traceback."""
+def exits_on_config_error(says: str):
+    """For a process's main(): a bad setting ends it with one clear line on
+    stderr, `<says>: <why>`, and exit status 2, not a traceback."""
 
-    @functools.wraps(main)
-    def run(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except ConfigError as error:
-            print(f"configuration error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+    def decorate(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except ConfigError as error:
+                print(f"{says}: {error}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
 
-    return run
+        return run
+
+    return decorate
 
 
 def env_str(name: str, default: str) -> str:
@@ -40,11 +44,19 @@ def env_str(name: str, default: str) -> str:
 
 
 def env_int(name: str, default: int, minimum: int = 0) -> int:
+    return _env_number(name, default, minimum, int, "an integer")
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    return _env_number(name, default, minimum, float, "a number")
+
+
+def _env_number(name: str, default, minimum, parse, kind: str):
     raw = env_str(name, str(default))
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        raise ConfigError(f"{name}={raw!r} is not {kind}") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
     return value
@@ -62,17 +74,6 @@ def env_bool(name: str, default: bool) -> bool:
 def env_host(name: str, default: str) -> str:
     """A host to bind, as a bare name or address (an IPv6 one without brackets)."""
     return env_str(name, default).removeprefix("[").removesuffix("]")
-
-
-def env_float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env_str(name, str(default))
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be at least {minimum}")
-    return value
 
 
 @dataclass(frozen=True)

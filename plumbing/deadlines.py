@@ -1,8 +1,9 @@
 """The deadline of the call being served, so outgoing calls never outlive it.
 
 gRPC Python does not propagate deadlines: the server interceptor records the
-incoming deadline here and the channel interceptor clamps every outgoing
-call to it, less a margin so this process still answers in time.
+incoming deadline here and the channel wrapper (plumbing/channels.py, not a
+client interceptor: see why there) clamps every outgoing call to it, less a
+margin so this process still answers in time.
 """
 
 import contextvars

@@ -10,32 +10,24 @@ from plumbing.health import HealthServicer
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-server_started = Counter(
-    "grpc_server_started_total",
-    "RPCs started on the server.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-)
-server_handled = Counter(
-    "grpc_server_handled_total",
-    "RPCs completed on the server, regardless of success or failure.",
-    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-)
-server_handling_seconds = Histogram(
-    "grpc_server_handling_seconds",
-    "Response latency of RPCs handled by the server.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-    buckets=LATENCY_BUCKETS,
-)
-client_handled = Counter(
-    "grpc_client_handled_total",
-    "RPCs completed by the client, regardless of success or failure.",
-    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-)
-client_handling_seconds = Histogram(
-    "grpc_client_handling_seconds",
-    "Latency of RPCs made by the client, until the response was received.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-    buckets=LATENCY_BUCKETS,
+# Every RPC series is labelled by these; the completed ones by grpc_code too.
+METHOD_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+
+def _handled(side: str, description: str) -> Counter:
+    return Counter(f"grpc_{side}_handled_total", description, [*METHOD_LABELS, "grpc_code"])
+
+
+def _handling_seconds(side: str, description: str) -> Histogram:
+    return Histogram(f"grpc_{side}_handling_seconds", description, METHOD_LABELS, buckets=LATENCY_BUCKETS)
+
+
+server_started = Counter("grpc_server_started_total", "RPCs started on the server.", METHOD_LABELS)
+server_handled = _handled("server", "RPCs completed on the server, regardless of success or failure.")
+server_handling_seconds = _handling_seconds("server", "Response latency of RPCs handled by the server.")
+client_handled = _handled("client", "RPCs completed by the client, regardless of success or failure.")
+client_handling_seconds = _handling_seconds(
+    "client", "Latency of RPCs made by the client, until the response was received."
 )
 
 

@@ -16,16 +16,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import Engine
 
+from plumbing import db, tracing
 from plumbing import tls as mtls
-from plumbing import tracing
 from plumbing.config import ConfigError, ServerConfig, TlsConfig
 from plumbing.health import SHUTTING_DOWN
 from plumbing.interceptors import ServerInterceptor
+from plumbing.logs import setup_logging
 from plumbing.metrics import ObservedHealthServicer, start_metrics_server
 from plumbing.readiness import WAITING_FOR_DATABASE, DatabaseReadiness
 from plumbing.reflection import enable_reflection
@@ -235,6 +237,41 @@ def serve(
     on_stop()
     tracing.shutdown()
     log.info("stopped")
+
+
+@dataclass
+class Composed:
+    """What a service's composition root builds on its database engine."""
+
+    services: list[Service]
+    # Prepares the database (schema, seed): the services are ready once it has.
+    migrate: Callable[[], None]
+    background: list[Callable[[threading.Event], None]] = field(default_factory=list)
+    on_stop: Callable[[], None] = lambda: None
+
+
+def run_service(config: ServerConfig, compose: Callable[[Engine], Composed]) -> None:
+    """A service process's whole life, the same for every service: its logs,
+    a group of processes or this one alone (PROCESSES), its database engine,
+    what `compose` builds on that engine served until SIGTERM (serve), and
+    the engine disposed last."""
+    setup_logging(config.name, config.log.level, config.log.format)
+    if serve_as_group(config):
+        return
+    engine = db.open_engine(config.database_url, pool_size=config.workers)
+    composed = compose(engine)
+
+    def on_stop() -> None:
+        composed.on_stop()
+        engine.dispose()
+
+    serve(
+        config,
+        composed.services,
+        background=composed.background,
+        on_stop=on_stop,
+        database=DatabaseReadiness(engine, composed.migrate),
+    )
 
 
 # Set in each process of a group (PROCESSES > 1): its index, from 1.

@@ -6,10 +6,11 @@ PostgreSQL is not reachable at TEST_POSTGRES_URL.
 """
 
 import os
-import uuid
 
 import psycopg
 import pytest
+
+from launcher import databases
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -40,17 +41,14 @@ def database_url(request, tmp_path, postgres_available):
     def make(name: str) -> str:
         if request.param == "sqlite":
             return f"sqlite:///{tmp_path}/{name}.db"
-        dbname = f"shop_test_{name}_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
+        dbname = databases.unique_name(f"shop_test_{name}")
+        databases.create_databases(POSTGRES_ADMIN_URL, [dbname])
         created.append(dbname)
-        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-        return f"{base}/{dbname}"
+        return databases.database_url(POSTGRES_ADMIN_URL, dbname)
 
     yield make
-    for dbname in created:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    if created:
+        databases.drop_databases(POSTGRES_ADMIN_URL, created)
 
 
 @pytest.fixture

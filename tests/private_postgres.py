@@ -15,11 +15,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import uuid
 from dataclasses import dataclass
 
-import psycopg
 import pytest
+
+from launcher import databases
 
 BIN_DIR_PATTERNS = ("/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin", "/opt/homebrew/opt/postgresql*/bin")
 
@@ -122,15 +122,10 @@ class PrivatePostgres:
     def running(self) -> bool:
         return self._pg_ctl_status() == 0
 
-    def create_databases(self, *names: str) -> None:
-        with psycopg.connect(self.url(), autocommit=True, connect_timeout=5) as conn:
-            for name in names:
-                conn.execute(f'CREATE DATABASE "{name}"')
-
     def new_database(self, prefix: str) -> str:
         """The URL of a new empty database."""
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        self.create_databases(name)
+        name = databases.unique_name(prefix)
+        databases.create_databases(self.url(), [name])
         return self.url(name)
 
     def destroy(self) -> None:

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from launcher.plan import SERVICE_NAMES, SERVICES
+from launcher.stack import Stack, http, plan_stack
 from plumbing.health import REASON_KEY
 from plumbing.readiness import WAITING_FOR_DATABASE
-from scripts.run_local import SERVICE_NAMES, SERVICES
-from scripts.stack import Stack, http, plan_stack
 from tests import harness
 from tests.test_replicas_e2e import ADMIN, put_product
 

@@ -15,8 +15,8 @@ import pytest
 from gateway import metrics
 from gateway.app import OTHER_METHOD, create_app
 from gateway.config import AuthConfig, GatewayConfig, refuse_placeholder
+from launcher.plan import local_credentials
 from plumbing.config import ConfigError
-from scripts.run_local import local_credentials
 from tests.harness import ROOT
 from tests.test_gateway_support import assert_error, detail_of, gateway_config, make_client, running_backends
 

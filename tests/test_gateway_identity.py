@@ -621,21 +621,24 @@ def test_gateway_token_refuses_to_sign_without_a_real_secret(monkeypatch, capsys
     monkeypatch.delenv("AUTH_HS256_SECRET", raising=False)
     if secret:
         monkeypatch.setenv("AUTH_HS256_SECRET", secret)
-    assert token_main(["--sub", "C1"]) == 2
+    with pytest.raises(SystemExit) as exit:
+        token_main(["--sub", "C1"])
+    assert exit.value.code == 2
     assert problem in capsys.readouterr().err
 
 
 def test_the_bench_can_run_a_scenario_with_auth_jwt(backends):
-    from scripts import benchmark
+    from bench.loadtools import LoadTool, hey_command
+    from bench.runner import Bench
+    from bench.scenarios import BENCH_CUSTOMER, JWT_SECRET, SCENARIOS
 
-    args = benchmark.parse_args(["--auth", "jwt", "--scenarios", "get-order"])
-    bench = benchmark.Bench(args, benchmark.LoadTool("hey", "hey", ""), None, "", None)
-    client = make_client(backends, auth=AuthConfig("jwt", hs256_secret=benchmark.JWT_SECRET))
-    assert placed(client, bench.customer_headers)["customer_id"] == benchmark.BENCH_CUSTOMER
+    bench = Bench(LoadTool("hey", "hey", ""), stack=None, workdir="", concurrency=1, auth="jwt")
+    client = make_client(backends, auth=AuthConfig("jwt", hs256_secret=JWT_SECRET))
+    assert placed(client, bench.customer_headers)["customer_id"] == BENCH_CUSTOMER
     response = client.post(f"/inventory/{PRODUCT}/adjustments", json={"delta": 1}, headers=bench.admin_headers)
     assert response.status_code == 200
     headers = bench.customer_headers
-    command = benchmark.hey_command(bench.tool, "http://x/orders/1", benchmark.SCENARIOS["get-order"], 1, 1, 1, headers)
+    command = hey_command(bench.tool, "http://x/orders/1", SCENARIOS["get-order"], 1, 1, 1, headers)
     assert command[-3:-1] == ["-H", f"Authorization: {headers['Authorization']}"]
 
 

@@ -22,7 +22,7 @@ from collections import Counter
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from scripts.stack import free_port_base
+from launcher.stack import free_port_base
 from tests.harness import ROOT
 from tests.test_gateway_support import redis_or_skip, running_backends
 

@@ -1,4 +1,4 @@
-"""`make run` (scripts/run_local.py) as a user runs it: a real process that
+"""`make run` (python -m launcher) as a user runs it: a real process that
 starts the shop on free ports and supervises it. A service killed under it
 comes back while the rest keep serving; a crash loop is reported with the
 last lines of the process; a failure at first start stops make run with the
@@ -11,13 +11,13 @@ import socket
 import subprocess
 import sys
 import threading
-import uuid
 
 import psycopg
 import pytest
 
-from scripts import run_local
-from scripts.stack import free_port_base, http
+from launcher import databases, supervisor
+from launcher.plan import local_environ, plan
+from launcher.stack import free_port_base, http
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.harness import ROOT, eventually
 
@@ -29,19 +29,19 @@ ROUTE_OF = {"inventory": "/inventory/P001", "payment": "/payments/pay_none", "or
 
 
 class MakeRun:
-    """`python -m scripts.run_local` with its output read as it comes."""
+    """`python -m launcher` with its output read as it comes."""
 
     def __init__(self, tmp_path, **settings):
         env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), RATE_LIMIT="100000/minute")
         for name in ("ADMIN_TOKEN", "AUTH", "LOG_FORMAT", "INVENTORY_ADDR", "PAYMENT_ADDR", "ORDER_ADDR"):
             env.pop(name, None)
-        for spec in run_local.plan({}):
+        for spec in plan({}):
             for _, setting, _ in spec.listens_on():
                 env[setting] = str(free_port_base())
         env.update(settings)
         self.gateway = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scripts.run_local"],
+            [sys.executable, "-m", "launcher"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -158,7 +158,7 @@ def test_a_killed_service_comes_back_while_the_others_keep_serving(make_run):
             shop.wait_for(rf"{service}-1 started again")
         # Restarted after the first backoff, well within the 5 s promised.
         (exit_line,) = shop.wait_for(rf"{service}-1 was killed by SIGKILL after \S+ s; restarting it in (\S+) s")
-        assert float(exit_line.group(1)) == run_local.FIRST_BACKOFF_S
+        assert float(exit_line.group(1)) == supervisor.FIRST_BACKOFF_S
         shop.wait_for(rf"{service}-1 is back \(pid (\d+)\)")
         eventually(lambda: http("GET", shop.gateway + "/ready")[0] == 200, timeout_s=60, what="/ready 200 again")
         # /ready asks on a channel of its own; the calls' channel reconnects
@@ -180,7 +180,7 @@ def test_a_crash_looping_process_is_reported_with_its_last_lines(make_run):
     shop = make_run(LOG_LEVEL="INFO")
     shop.wait_for("shop is ready")
     pid = shop.pids()["payment-1"]
-    for kills in range(1, run_local.CRASH_LOOP_EXITS + 1):
+    for kills in range(1, supervisor.CRASH_LOOP_EXITS + 1):
         os.kill(pid, signal.SIGKILL)
         (back,) = shop.wait_for(r"payment-1 is back \(pid (\d+)\)", count=kills)[-1:]
         pid = int(back.group(1))
@@ -246,28 +246,27 @@ def test_make_run_replicated_can_start_on_empty_databases(postgres_available):
         if os.environ.get("REQUIRE_POSTGRES") == "1":
             pytest.fail(f"PostgreSQL required but not reachable at {POSTGRES_ADMIN_URL}")
         pytest.skip("PostgreSQL not reachable")
-    name = f"shop_reset_test_{uuid.uuid4().hex[:10]}"
-    database_url = f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    name = databases.unique_name("shop_reset_test")
+    database_url = databases.database_url(POSTGRES_ADMIN_URL, name)
     try:
-        run_local.create_postgres_databases(POSTGRES_ADMIN_URL, [name])
+        databases.create_databases(POSTGRES_ADMIN_URL, [name])
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("CREATE TABLE left_over (id int)")
-        run_local.create_postgres_databases(POSTGRES_ADMIN_URL, [name])  # kept
+        databases.create_databases(POSTGRES_ADMIN_URL, [name])  # kept
         with psycopg.connect(database_url) as conn:
             assert conn.execute("SELECT to_regclass('left_over')::text").fetchone()[0] == "left_over"
-        run_local.create_postgres_databases(POSTGRES_ADMIN_URL, [name], reset=True)
+        databases.create_databases(POSTGRES_ADMIN_URL, [name], reset=True)
         with psycopg.connect(database_url) as conn:
             assert conn.execute("SELECT to_regclass('left_over')::text").fetchone()[0] is None
     finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        databases.drop_databases(POSTGRES_ADMIN_URL, [name])
 
 
 # --- make run's own rules, without processes -----------------------------------
 
 
 def test_restarts_back_off_from_half_a_second_doubling_to_ten():
-    backoff = run_local.Backoff()
+    backoff = supervisor.Backoff()
     assert [backoff.take() for _ in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
     backoff.reset()
     assert backoff.take() == 0.5
@@ -275,19 +274,19 @@ def test_restarts_back_off_from_half_a_second_doubling_to_ten():
 
 def test_make_run_fills_in_local_credentials_and_says_how_to_use_them():
     # The rules themselves: test_gateway_hardening (local_credentials).
-    environ, lines = run_local.local_environ({}, terminal=False)
+    environ, lines = local_environ({}, terminal=False)
     (line,) = lines
     assert environ["ADMIN_TOKEN"] in line
 
 
 def test_logs_are_text_on_a_terminal_unless_log_format_says_otherwise():
-    assert run_local.local_environ({}, terminal=True)[0]["LOG_FORMAT"] == "text"
-    assert "LOG_FORMAT" not in run_local.local_environ({}, terminal=False)[0]
-    assert run_local.local_environ({"LOG_FORMAT": "json"}, terminal=True)[0]["LOG_FORMAT"] == "json"
+    assert local_environ({}, terminal=True)[0]["LOG_FORMAT"] == "text"
+    assert "LOG_FORMAT" not in local_environ({}, terminal=False)[0]
+    assert local_environ({"LOG_FORMAT": "json"}, terminal=True)[0]["LOG_FORMAT"] == "json"
 
 
 def test_an_exit_is_described_by_its_code_or_its_signal():
-    assert run_local.describe_exit(1) == "exited with code 1"
-    assert run_local.describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
-    assert run_local.describe_exit(-signal.SIGTERM) == "was killed by SIGTERM"
+    assert supervisor.describe_exit(1) == "exited with code 1"
+    assert supervisor.describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert supervisor.describe_exit(-signal.SIGTERM) == "was killed by SIGTERM"
 

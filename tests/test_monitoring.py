@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 import yaml
 
-from scripts.stack import Stack, http, plan_stack
+from launcher.stack import Stack, http, plan_stack
 from tests.test_k8s_manifests import declared_ports, objects, render_with, validate_strictly
 
 COMPONENT = "monitoring"

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from scripts import run_local
-from scripts.stack import Stack, http, plan_stack
+from launcher.plan import tls_environ
+from launcher.stack import Stack, http, plan_stack
 from tests import harness
 from tests.test_gateway_support import unused_address
 
@@ -30,7 +30,7 @@ def log_messages(path) -> list[dict]:
 
 
 def test_the_tour_runs_over_mtls_and_grpcurl_needs_the_certificates(tmp_path):
-    environ = run_local.tls_environ({"DATA_DIR": str(tmp_path), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"})
+    environ = tls_environ({"DATA_DIR": str(tmp_path), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"})
     stack = Stack(plan_stack(1, environ), log_dir=str(tmp_path)).start()
     try:
         (gateway,) = stack.gateway_urls()

@@ -361,7 +361,7 @@ def test_sigterm_turns_health_not_serving_then_drains_and_exits(tmp_path):
 
 
 def test_make_run_hands_each_process_its_own_per_service_settings():
-    from scripts import run_local
+    from launcher.plan import plan
 
     environ = {
         "INVENTORY_DATABASE_URL": "postgresql://db/inventory",
@@ -373,7 +373,7 @@ def test_make_run_hands_each_process_its_own_per_service_settings():
         "PAYMENT_PROCESSES": "3",
         "PROCESSES": "7",
     }
-    specs = {spec.name: spec for spec in run_local.plan(environ)}
+    specs = {spec.name: spec for spec in plan(environ)}
     assert specs["inventory-1"].env["DATABASE_URL"] == "postgresql://db/inventory"
     assert "DATABASE_URL" not in specs["payment-1"].env  # its own default under DATA_DIR
     assert specs["order-1"].env["METRICS_PORT"] == "9913"
@@ -385,10 +385,10 @@ def test_make_run_hands_each_process_its_own_per_service_settings():
 
 
 def test_make_run_tls_hands_each_process_its_own_certificate_and_one_ca(tmp_path):
+    from launcher.plan import plan, tls_environ
     from plumbing.config import TlsConfig
-    from scripts import run_local
 
-    specs = run_local.plan(run_local.tls_environ({"DATA_DIR": str(tmp_path)}))
+    specs = plan(tls_environ({"DATA_DIR": str(tmp_path)}))
     identities = {
         spec.module.removesuffix("_svc"): TlsConfig.load(
             spec.env["TLS_CERT_FILE"], spec.env["TLS_KEY_FILE"], spec.env["TLS_CA_FILE"]
@@ -487,3 +487,18 @@ def test_a_service_stopped_by_a_burst_of_signals_still_exits(tmp_path):
         channel.close()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_domain_value_becomes_a_message_of_the_fields_the_proto_declares():
+    from payment_svc.charges import Payment
+    from plumbing.messages import to_message
+    from plumbing.timestamps import utc_now
+    from shop.payment.v1 import payment_pb2 as pb
+
+    now = utc_now()
+    payment = Payment("pay_1", "ord_1", 1999, "USD", "CAPTURED", "visa", "4242", "", now, now, customer_id="C-owner")
+    message = to_message(pb.Payment, payment, status=pb.CAPTURED)
+    assert (message.id, message.order_id, message.amount_cents, message.card_last4) == ("pay_1", "ord_1", 1999, "4242")
+    assert message.status == pb.CAPTURED  # converted, not copied
+    # The owner is no field of the contract's Payment: never copied, never answered.
+    assert "C-owner" not in str(message)

@@ -12,8 +12,10 @@ import psycopg
 import pytest
 import redis
 
+from launcher import databases
+from launcher.plan import SERVICES
+from launcher.stack import Stack, http, metric_total, plan_stack
 from plumbing.channels import MAX_RECONNECT_BACKOFF_MS
-from scripts.stack import Stack, http, metric_total, plan_stack
 from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.e2e
@@ -36,32 +38,22 @@ def _require(what: str, env: str, reachable) -> None:
 def replicated(tmp_path):
     _require("PostgreSQL", "REQUIRE_POSTGRES", lambda: psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=2).close())
     _require("Redis", "REQUIRE_REDIS", lambda: redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping())
-    suffix = uuid.uuid4().hex[:10]
-    names = {s: f"shop_e2e_{s}_{suffix}" for s in ("inventory", "payment", "order")}
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        for name in names.values():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    environ = {
-        **{f"{s.upper()}_DATABASE_URL": f"{base}/{n}" for s, n in names.items()},
-        "RATE_LIMIT": "1000000/minute",
-        "RATE_LIMIT_STORAGE": REDIS_URL,
-        "GATEWAY_WORKERS": "2",
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "DRAIN_DELAY_S": "0.5",
-        "SHUTDOWN_GRACE_S": "5",
-        "MAX_CONNECTION_AGE_S": "5",
-        "RECOVERY_INTERVAL_S": "1",
-        "LOG_LEVEL": os.environ.get("E2E_LOG_LEVEL", "WARNING"),
-    }
-    try:
+    with databases.fresh_databases(POSTGRES_ADMIN_URL, "shop_e2e", SERVICES) as database_urls:
+        environ = {
+            **database_urls,
+            "RATE_LIMIT": "1000000/minute",
+            "RATE_LIMIT_STORAGE": REDIS_URL,
+            "GATEWAY_WORKERS": "2",
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "DRAIN_DELAY_S": "0.5",
+            "SHUTDOWN_GRACE_S": "5",
+            "MAX_CONNECTION_AGE_S": "5",
+            "RECOVERY_INTERVAL_S": "1",
+            "LOG_LEVEL": os.environ.get("E2E_LOG_LEVEL", "WARNING"),
+        }
         stack = Stack(plan_stack(2, environ), log_dir=str(tmp_path)).start()
         yield stack
         stack.stop()
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            for name in names.values():
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def put_product(gateway: str, product_id: str, available: int) -> None:

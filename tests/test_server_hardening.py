@@ -1,7 +1,10 @@
 """What every gRPC server refuses or keeps to itself: oversized requests,
 reflection when switched off, interfaces it was not asked to listen on."""
 
+import os
 import socket
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -12,6 +15,7 @@ from plumbing.metrics import start_metrics_server
 from plumbing.server import MAX_REQUEST_BYTES, Service, ShopServer
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
+from tests.harness import ROOT
 from tests.test_plumbing import health_of
 
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -93,3 +97,19 @@ def test_an_ipv6_bind_host_is_accepted_bare_or_in_brackets(monkeypatch):
             assert health_of(channel) == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("module", "setting", "said"),
+    [
+        ("inventory_svc", {"GRPC_WORKERS": "many"}, "inventory: refusing to start: GRPC_WORKERS='many' is not an integer"),
+        ("payment_svc", {"DRAIN_DELAY_S": "soon"}, "payment: refusing to start: DRAIN_DELAY_S='soon' is not a number"),
+        ("order_svc", {"RECOVERY_INTERVAL_S": "0"}, "order: refusing to start: RECOVERY_INTERVAL_S=0.0 must be at least 0.01"),
+    ],
+)
+def test_a_bad_setting_stops_a_service_with_one_line_naming_it(module, setting, said, tmp_path):
+    env = {**os.environ, "DATA_DIR": str(tmp_path), **setting}
+    done = subprocess.run([sys.executable, "-m", module], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from scripts.stack import Stack, http, plan_stack
+from launcher.stack import Stack, http, plan_stack
 
 pytestmark = pytest.mark.e2e
 

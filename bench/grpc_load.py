@@ -1,16 +1,17 @@
-"""A closed-loop gRPC load driver for the benchmark (no HTTP tool speaks
-gRPC here): `concurrency` callers on grpc.aio, each sending GetProduct to the
-inventory service back to back for `duration` seconds. Prints one JSON object
-in the shape scripts/benchmark.py reads from hey and wrk.
+"""`python -m bench grpc-load`: a closed-loop gRPC load driver for the
+benchmark (no HTTP tool speaks gRPC here): `concurrency` callers on
+grpc.aio, each sending GetProduct to the inventory service back to back for
+`duration` seconds. Prints one JSON object in the shape bench/loadtools.py
+reads from hey and wrk.
 
-    python -m scripts.grpc_load ADDRESS PRODUCT_ID DURATION_S CONCURRENCY [CERT KEY CA]
+    python -m bench grpc-load ADDRESS PRODUCT_ID DURATION_S CONCURRENCY [--tls CERT KEY CA]
 
-With CERT KEY CA (the gateway's), it calls over mutual TLS.
+With --tls CERT KEY CA (the gateway's), it calls over mutual TLS.
 """
 
+import argparse
 import asyncio
 import json
-import sys
 import time
 
 import grpc
@@ -72,12 +73,15 @@ async def drive(
     }
 
 
-def main(argv: list[str]) -> int:
-    address, product_id, duration_s, concurrency = argv[1], argv[2], float(argv[3]), int(argv[4])
-    tls = TlsConfig.load(*argv[5:8]) if len(argv) >= 8 else None
-    print(json.dumps(asyncio.run(drive(address, product_id, duration_s, concurrency, tls))))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("address", help="the inventory service, host:port")
+    parser.add_argument("product_id")
+    parser.add_argument("duration_s", type=float)
+    parser.add_argument("concurrency", type=int)
+    parser.add_argument("--tls", nargs=3, metavar=("CERT", "KEY", "CA"), help="call over mutual TLS with these files")
+
+
+def main(args: argparse.Namespace) -> int:
+    tls = TlsConfig.load(*args.tls) if args.tls else None
+    print(json.dumps(asyncio.run(drive(args.address, args.product_id, args.duration_s, args.concurrency, tls))))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

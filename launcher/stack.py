@@ -1,20 +1,28 @@
 """The whole shop as real processes on free ports, for end-to-end tests and
-benchmarks: scripts/run_local.py's plan, started and stopped from code."""
+benchmarks: make run's plan (launcher/plan.py), started and stopped from
+code, without make run's supervision.
+
+A Stack takes two hooks, both public: `root`, the code tree its processes
+run from (a benchmark compares two), and `ready`, what it waits for before
+a process counts as started (by default launcher.probes.serving)."""
 
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from scripts import run_local
+from launcher.plan import REPLICA_PORT_STEP, ProcessSpec, plan
+from launcher.probes import port_taken, serving
+from launcher.supervisor import STOP_TIMEOUT_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # Free ports are picked at random from here: stacks started at once (pytest's
 # workers, a benchmark beside the tests) do not all take the first free ones.
@@ -23,25 +31,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORT_RANGE = (20000, 29000)
 
 
-def free_port_base(replicas: int = 1, step: int = run_local.REPLICA_PORT_STEP) -> int:
+def free_port_base(replicas: int = 1, step: int = REPLICA_PORT_STEP) -> int:
     """A port p with p + n * step free for every replica n."""
     for _ in range(1000):
         base = random.randrange(*PORT_RANGE)
-        if not any(run_local.port_taken(base + n * step) for n in range(replicas)):
+        if not any(port_taken(base + n * step) for n in range(replicas)):
             return base
     raise RuntimeError("no free ports")
 
 
 @dataclass
 class Stack:
-    specs: list
-    procs: list = field(default_factory=list)
+    specs: list[ProcessSpec]
+    procs: list[tuple[ProcessSpec, subprocess.Popen]] = field(default_factory=list)
+    # Each process's output goes to <log_dir>/<name>.log.
     log_dir: str = ""
+    # The code tree the processes run (their working directory).
+    root: str = ROOT
+    # Whether a process counts as started: the readiness start() waits for.
+    ready: Callable[[ProcessSpec], bool] = serving
 
     def gateway_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{s.port}" for s in self.specs if s.module == "gateway"]
 
-    def replicas_of(self, module: str) -> list:
+    def replicas_of(self, module: str) -> list[tuple[ProcessSpec, subprocess.Popen]]:
         return [(s, p) for s, p in self.procs if s.module == module]
 
     def start(self) -> "Stack":
@@ -57,26 +70,25 @@ class Stack:
         """Start every process without waiting for any to be ready."""
         for spec in self.specs:
             spec.env.setdefault("LOG_LEVEL", "WARNING")
-            self.procs.append((spec, self._spawn(spec)))
+            self.procs.append((spec, self.spawn(spec)))
         return self
 
-    def restart(self, spec) -> None:
+    def restart(self, spec: ProcessSpec) -> None:
         index = next(i for i, (s, _) in enumerate(self.procs) if s is spec)
-        self.procs[index] = (spec, self._spawn(spec))
+        self.procs[index] = (spec, self.spawn(spec))
         self.wait_ready([spec])
 
-    def _spawn(self, spec) -> subprocess.Popen:
+    def spawn(self, spec: ProcessSpec) -> subprocess.Popen:
+        """One process of the plan, run from `root`, its output in its log."""
         with open(os.path.join(self.log_dir, f"{spec.name}.log"), "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", spec.module], env=spec.env, cwd=ROOT, stdout=log, stderr=log
+                [sys.executable, "-m", spec.module], env=spec.env, cwd=self.root, stdout=log, stderr=log
             )
 
-    def wait_ready(self, specs=None, timeout_s: float = 60) -> None:
+    def wait_ready(self, specs: list[ProcessSpec] | None = None, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
         for spec in specs or self.specs:
-            while True:
-                if self._ready(spec):
-                    break
+            while not self.ready(spec):
                 proc = next(p for s, p in self.procs if s is spec)
                 if proc.poll() is not None:
                     raise RuntimeError(f"{spec.name} exited with {proc.returncode}; see {self.log_dir}")
@@ -84,16 +96,22 @@ class Stack:
                     raise RuntimeError(f"{spec.name} not ready in {timeout_s}s; see {self.log_dir}")
                 time.sleep(0.1)
 
-    @staticmethod
-    def _ready(spec) -> bool:
-        return run_local.probe(spec) == "SERVING"
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM everything (each drains), then wait; kill what outlives it."""
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
-    def stop(self) -> None:
-        run_local.stop(self.procs)
 
-
-def plan_stack(replicas: int, environ: dict[str, str]) -> list:
-    """run_local's plan on free ports, so a developer's `make run` can keep going."""
+def plan_stack(replicas: int, environ: dict[str, str]) -> list[ProcessSpec]:
+    """make run's plan on free ports, so a developer's `make run` can keep going."""
     env = dict(os.environ, **environ)
     for service in ("INVENTORY", "PAYMENT", "ORDER"):
         env[f"{service}_PORT"] = str(free_port_base(replicas))
@@ -101,7 +119,7 @@ def plan_stack(replicas: int, environ: dict[str, str]) -> list:
         env.pop(f"{service}_ADDR", None)
     # Gateways take consecutive ports.
     env["GATEWAY_PORT"] = str(free_port_base(replicas, step=1))
-    return run_local.plan(env, replicas)
+    return plan(env, replicas)
 
 
 def http(method: str, url: str, body=None, headers=None, timeout: float = 30):

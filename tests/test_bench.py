@@ -1,0 +1,115 @@
+"""The benchmark's own parts, without load: its command line, how it reads
+the load tools' output, how it counts CPU, and that a missing tool is
+named with how to get it instead of being installed."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from bench import loadtools
+from bench.__main__ import main as bench_main
+from bench.runner import cpu_seconds
+from bench.scenarios import SCENARIOS
+
+HEY_OUTPUT = """
+Summary:
+  Total:\t10.0031 secs
+  Slowest:\t0.0521 secs
+  Requests/sec:\t812.3456
+
+Latency distribution:
+  10% in 0.0081 secs
+  50% in 0.0190 secs
+  95% in 0.0302 secs
+  99% in 0.0411 secs
+
+Status code distribution:
+  [201]\t8120 responses
+  [503]\t3 responses
+
+Error distribution:
+  [2]\tPost "http://127.0.0.1:1/orders": dial tcp: connection refused
+"""
+
+
+def test_a_missing_load_tool_is_named_with_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(loadtools.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as exit:
+        loadtools.find_load_tool("auto")
+    message = str(exit.value.code)
+    assert "no hey or wrk on PATH" in message
+    assert "apt-get install hey" in message  # how to get it, not done for you
+
+
+def test_hey_summary_is_read_into_rps_latency_statuses_and_errors():
+    result = loadtools.parse_hey(HEY_OUTPUT)
+    assert result["rps"] == 812.3456
+    assert result["elapsed_s"] == 10.0031
+    assert (result["p50_s"], result["p95_s"], result["p99_s"]) == (0.0190, 0.0302, 0.0411)
+    assert result["statuses"] == {"201": 8120, "503": 3}
+    assert sum(result["errors"].values()) == 2
+    assert result["requests"] == 8125
+
+
+def test_hey_without_a_summary_is_an_error():
+    with pytest.raises(RuntimeError, match="no summary"):
+        loadtools.parse_hey("Error: connection refused\n")
+
+
+def test_wrk_result_line_is_read_and_empty_error_kinds_dropped():
+    line = (
+        'BENCH_JSON {"requests": 500, "elapsed_s": 5.0, "p50_s": 0.01, "p95_s": 0.02, "p99_s": 0.03, '
+        '"statuses": {"200": 500}, "errors": {"connect": 0, "read": 1, "write": 0, "timeout": 0}}'
+    )
+    result = loadtools.parse_wrk("Running 5s test\n" + line + "\n")
+    assert result["rps"] == 100.0
+    assert result["errors"] == {"read": 1}
+
+
+def test_cpu_is_counted_for_a_process_and_its_descendants():
+    # The child burns no CPU itself; its own child burns 0.3 s of CPU time, then waits.
+    grandchild = "import time\nwhile time.process_time() < 0.3: pass\nprint('burnt', flush=True)\ntime.sleep(60)"
+    child = (
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}], stdout=sys.stdout)\n"
+        "p.wait()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "burnt"
+        assert cpu_seconds(proc.pid) >= 0.3
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_cpu_of_a_process_gone_is_zero():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert cpu_seconds(proc.pid) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["run", "--scenarios", "post-order,nope"], "unknown scenarios ['nope']"),
+        (["run", "--compare", "3"], "ROUNDS,SECONDS"),
+        (["run", "--runs", "0"], "must be at least 1"),
+        (["compare", "only-one-tree"], "the following arguments are required"),
+        (["grpc-load", "127.0.0.1:1"], "the following arguments are required"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_the_command_line_refuses_bad_arguments_before_starting_anything(argv, complaint, capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench_main(argv)
+    assert exit.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_every_scenario_has_a_target_the_runner_knows():
+    assert {s.target for s in SCENARIOS.values()} == {"gateway", "grpc"}
+    assert all(s.path.startswith("/") for s in SCENARIOS.values() if s.target == "gateway")
