@@ -4,6 +4,7 @@ the saga, serve, and run the recovery loop beside it."""
 from order_svc.saga import OrderSaga
 from order_svc.server import SERVICE_NAME, OrderServicer
 from order_svc.store import OrderStore
+from order_svc.upstream import InventoryClient, PaymentClient
 from plumbing import db
 from plumbing.channels import open_channel
 from plumbing.config import OrderConfig, ServerConfig, exits_on_config_error
@@ -31,7 +32,10 @@ def build_saga(config: OrderConfig, store: OrderStore) -> tuple[OrderSaga, list]
         config.payment_addr, PAYMENT_SERVICE, config.downstream_timeout_s, PAYMENT_SAGA_METHODS, config.tls
     )
     saga = OrderSaga(
-        store, inventory_pb2_grpc.InventoryServiceStub(inventory), payment_pb2_grpc.PaymentServiceStub(payment), config
+        store,
+        InventoryClient(inventory_pb2_grpc.InventoryServiceStub(inventory)),
+        PaymentClient(payment_pb2_grpc.PaymentServiceStub(payment)),
+        config,
     )
     return saga, [inventory, payment]
 
@@ -58,7 +62,7 @@ def main() -> None:
     serve(
         config,
         [service],
-        background=[saga.run_recovery, saga.run_key_retention],
+        background=[saga.recovery.run_recovery, saga.recovery.run_key_retention],
         on_stop=on_stop,
         database=DatabaseReadiness(engine, store.migrate),
     )
