@@ -54,7 +54,9 @@ def check_idempotency_key(violations: Violations, key: str | None) -> str:
     return key
 
 
-def check_page(violations: Violations, customer_id: str, page_size: int, page_token: str) -> tuple[int, Cursor | None]:
+def check_page(
+    violations: Violations, customer_id: str, page_size: int, page_token: str
+) -> tuple[int, Cursor | None]:
     violations.check_id("customer_id", customer_id, required=False)
     if page_size < 0 or page_size > MAX_PAGE_SIZE:
         violations.add("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})")

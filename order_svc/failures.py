@@ -41,7 +41,10 @@ def upstream_unavailable(service: str, error: ShopError, order_id: str, conseque
     else:
         code, what = grpc.StatusCode.UNAVAILABLE, "is unavailable"
     return ShopError(
-        code, f"{service} {what}; order {order_id} {consequence}", code.name, {"order_id": order_id, "service": service}
+        code,
+        f"{service} {what}; order {order_id} {consequence}",
+        code.name,
+        {"order_id": order_id, "service": service},
     )
 
 

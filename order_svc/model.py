@@ -79,7 +79,11 @@ class Failure:
     @classmethod
     def of(cls, error: ShopError) -> "Failure":
         return cls(
-            error.code.name, error.reason, error.message, dict(error.metadata), tuple(map(tuple, error.violations))
+            error.code.name,
+            error.reason,
+            error.message,
+            dict(error.metadata),
+            tuple(map(tuple, error.violations)),
         )
 
     def error(self) -> ShopError:
@@ -111,12 +115,18 @@ class Order:
         """The order at these prices: unit prices, total and currency (""
         when the items are priced in more than one)."""
         items = tuple(
-            replace(i, unit_price_cents=prices[i.product_id].unit_price_cents, currency=prices[i.product_id].currency)
+            replace(
+                i,
+                unit_price_cents=prices[i.product_id].unit_price_cents,
+                currency=prices[i.product_id].currency,
+            )
             for i in self.items
         )
         currencies = {i.currency for i in items}
         total = sum(i.unit_price_cents * i.quantity for i in items)
-        return replace(self, items=items, total_cents=total, currency=currencies.pop() if len(currencies) == 1 else "")
+        return replace(
+            self, items=items, total_cents=total, currency=currencies.pop() if len(currencies) == 1 else ""
+        )
 
 
 @dataclass(frozen=True)
@@ -201,7 +211,12 @@ class Store(Protocol):
         """Orders mid-saga whose lease has lapsed, untouched since `untouched_since`."""
 
     def claim(
-        self, order_id: str, owner: str, now: dt.datetime, lease_until: dt.datetime, untouched_since: dt.datetime
+        self,
+        order_id: str,
+        owner: str,
+        now: dt.datetime,
+        lease_until: dt.datetime,
+        untouched_since: dt.datetime,
     ) -> Order | None:
         """Take the lease of a stuck order; None if it is not stuck."""
 

@@ -115,7 +115,9 @@ class Recovery:
                 future = self._settling_pool.submit(settle)
                 self._settling.add(future)
         if not queued:
-            log.warning("order left for recovery", extra={"order_id": order_id, "cause": "settling backlog full"})
+            log.warning(
+                "order left for recovery", extra={"order_id": order_id, "cause": "settling backlog full"}
+            )
             self.saga.give_up_lease(order_id, owner)
             return
         future.add_done_callback(self._settled)
@@ -190,7 +192,9 @@ class Recovery:
 
     # Idempotency-key retention
 
-    def forget_expired_idempotency_keys(self, now: dt.datetime | None = None, batch: int = KEY_PURGE_BATCH) -> int:
+    def forget_expired_idempotency_keys(
+        self, now: dt.datetime | None = None, batch: int = KEY_PURGE_BATCH
+    ) -> int:
         """One batch: forget the keys of orders placed longer ago than the
         retention (a retry with one then places a new order); the orders
         stay. Returns how many were forgotten."""
@@ -215,7 +219,9 @@ class Recovery:
     def close(self, timeout_s: float | None = None) -> None:
         """Let background settling finish (each of its calls has a deadline)."""
         self._closed.set()
-        give_up = time.monotonic() + (timeout_s if timeout_s is not None else 3 * self.config.downstream_timeout_s)
+        give_up = time.monotonic() + (
+            timeout_s if timeout_s is not None else 3 * self.config.downstream_timeout_s
+        )
         with self._settling_lock:
             pending = list(self._settling)
         wait(pending, timeout=max(0.0, give_up - time.monotonic()))

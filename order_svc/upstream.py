@@ -113,13 +113,19 @@ class InventoryClient:
 
     def reserve(self, order_id: str, items: Iterable[OrderItem]) -> dict[str, Price]:
         request = inventory_pb2.ReserveRequest(
-            order_id=order_id, items=[inventory_pb2.Item(product_id=i.product_id, quantity=i.quantity) for i in items]
+            order_id=order_id,
+            items=[inventory_pb2.Item(product_id=i.product_id, quantity=i.quantity) for i in items],
         )
         reservation = _ask("inventory", self.stub.Reserve, request)
         return {line.product_id: Price(line.unit_price_cents, line.currency) for line in reservation.items}
 
     def release(self, order_id: str) -> None:
-        _ask("inventory", self.stub.Release, inventory_pb2.ReleaseRequest(order_id=order_id), refusals=frozenset())
+        _ask(
+            "inventory",
+            self.stub.Release,
+            inventory_pb2.ReleaseRequest(order_id=order_id),
+            refusals=frozenset(),
+        )
 
 
 class PaymentClient:
@@ -141,7 +147,10 @@ class PaymentClient:
 
     def payments(self, order_id: str) -> list[Payment]:
         request = payment_pb2.ListPaymentsRequest(order_id=order_id)
-        return [_payment(p) for p in _ask("payment", self.stub.ListPayments, request, refusals=frozenset()).payments]
+        return [
+            _payment(p)
+            for p in _ask("payment", self.stub.ListPayments, request, refusals=frozenset()).payments
+        ]
 
     def void(self, order_id: str) -> None:
         _ask("payment", self.stub.Void, payment_pb2.VoidRequest(order_id=order_id), refusals=frozenset())
