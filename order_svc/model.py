@@ -13,6 +13,7 @@ import datetime as dt
 import enum
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -127,6 +128,10 @@ class Order:
         return replace(
             self, items=items, total_cents=total, currency=currencies.pop() if len(currencies) == 1 else ""
         )
+
+
+def new_order_id() -> str:
+    return "ord_" + secrets.token_hex(12)
 
 
 @dataclass(frozen=True)

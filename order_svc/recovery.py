@@ -61,6 +61,8 @@ class Saga(Protocol):
 
 
 class Recovery:
+    """The saga's background work: settling, the recovery loop, key retention."""
+
     def __init__(self, saga: Saga):
         self.saga = saga
         self.store = saga.store

@@ -56,6 +56,7 @@ from order_svc.model import (
     PaymentStatus,
     Step,
     Store,
+    new_order_id,
 )
 from order_svc.recovery import Recovery
 from order_svc.upstream import Inventory, Payments, Refused, Unsettled
@@ -78,10 +79,6 @@ LEASE_MARGIN_S = 0.5
 # How long a retry waits for an order whose failure is decided to finish
 # compensating, before answering that failure.
 DECIDED_GRACE_S = 1.0
-
-
-def new_order_id() -> str:
-    return "ord_" + secrets.token_hex(12)
 
 
 class OrderSaga:

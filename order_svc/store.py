@@ -180,6 +180,8 @@ def _order(row, items: list) -> Order:
 
 
 class OrderStore:
+    """The saga's Store (order_svc.model) on SQLite or PostgreSQL."""
+
     def __init__(self, engine: Engine):
         self.engine = engine
 
