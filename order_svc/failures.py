@@ -20,6 +20,11 @@ OUTCOME_UNREAD = "was placed with this idempotency key; its outcome cannot be re
 NOT_CANCELLED_YET = "is not cancelled yet; repeating the cancellation is harmless"
 
 
+def _about(order_id: str, code: grpc.StatusCode, reason: str, message: str, **metadata: str) -> ShopError:
+    """An error about one order: its metadata names the order."""
+    return ShopError(code, message, reason, {"order_id": order_id, **metadata})
+
+
 def with_order_id(error: ShopError, order_id: str) -> ShopError:
     """An upstream's refusal as this order's error: its code, reason and
     details, naming the order."""
@@ -40,11 +45,8 @@ def upstream_unavailable(service: str, error: ShopError, order_id: str, conseque
         code, what = grpc.StatusCode.DEADLINE_EXCEEDED, "did not answer in time"
     else:
         code, what = grpc.StatusCode.UNAVAILABLE, "is unavailable"
-    return ShopError(
-        code,
-        f"{service} {what}; order {order_id} {consequence}",
-        code.name,
-        {"order_id": order_id, "service": service},
+    return _about(
+        order_id, code, code.name, f"{service} {what}; order {order_id} {consequence}", service=service
     )
 
 
@@ -83,32 +85,20 @@ def mixed_currencies(order_id: str, currencies: set[str]) -> ShopError:
 def interrupted(order_id: str) -> ShopError:
     """What an order that recovery had to fail answers with: its request was
     cut off before it could say (a service went away: API.md's 503 row)."""
-    return ShopError(
-        grpc.StatusCode.UNAVAILABLE,
-        f"order {order_id} was interrupted before it completed; nothing is reserved or charged",
-        "UNAVAILABLE",
-        {"order_id": order_id, "cause": "interrupted"},
-    )
+    message = f"order {order_id} was interrupted before it completed; nothing is reserved or charged"
+    return _about(order_id, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", message, cause="interrupted")
 
 
 def not_completed(order_id: str) -> ShopError:
     """A bug or the database stopped the saga midway; the order is stored
     and recovery takes it up once its lease lapses."""
-    return ShopError(
-        grpc.StatusCode.INTERNAL,
-        f"order {order_id} could not be completed now; it will be completed or compensated shortly",
-        "INTERNAL",
-        {"order_id": order_id},
-    )
+    message = f"order {order_id} could not be completed now; it will be completed or compensated shortly"
+    return _about(order_id, grpc.StatusCode.INTERNAL, "INTERNAL", message)
 
 
 def lost_lease(order_id: str) -> ShopError:
-    return ShopError(
-        grpc.StatusCode.ABORTED,
-        f"order {order_id} is being completed by recovery; GET /orders/{order_id} shows its outcome",
-        "ORDER_UNRESOLVED",
-        {"order_id": order_id},
-    )
+    message = f"order {order_id} is being completed by recovery; GET /orders/{order_id} shows its outcome"
+    return _about(order_id, grpc.StatusCode.ABORTED, "ORDER_UNRESOLVED", message)
 
 
 def idempotency_key_reused(order_id: str) -> ShopError:
@@ -119,12 +109,8 @@ def idempotency_key_reused(order_id: str) -> ShopError:
 
 
 def idempotency_key_in_use(order_id: str) -> ShopError:
-    return ShopError(
-        grpc.StatusCode.ABORTED,
-        f"order {order_id}, placed with this idempotency key, is still in progress; retry later",
-        "IDEMPOTENCY_KEY_IN_USE",
-        {"order_id": order_id},
-    )
+    message = f"order {order_id}, placed with this idempotency key, is still in progress; retry later"
+    return _about(order_id, grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_IN_USE", message)
 
 
 def order_in_progress(order_id: str) -> ShopError:
