@@ -1,7 +1,7 @@
 """The order service's model: an order's statuses and the saga's steps, the
 Order type and what it is made of, a validated request to place one, a page
 of a list, and the Store the orders are kept in (as a Protocol: store.py has
-the SQL one). No gRPC, no SQL: the saga, the store and the servicer all speak
+the SQL one). No calls, no SQL: the saga, the store and the servicer all speak
 in these.
 
 The statuses are the proto's (shop.order.v1.OrderStatus, and for an order's
