@@ -6,6 +6,7 @@ from sqlalchemy.engine import Engine
 from order_svc.saga import OrderSaga
 from order_svc.server import SERVICE_NAME, OrderServicer
 from order_svc.store import OrderStore
+from order_svc.upstream import InventoryClient, PaymentClient
 from plumbing.channels import open_channel
 from plumbing.config import OrderConfig, ServerConfig, exits_on_config_error
 from plumbing.server import Composed, Service, run_service
@@ -30,7 +31,10 @@ def build_saga(config: OrderConfig, store: OrderStore) -> tuple[OrderSaga, list]
         config.payment_addr, PAYMENT_SERVICE, config.downstream_timeout_s, PAYMENT_SAGA_METHODS, config.tls
     )
     saga = OrderSaga(
-        store, inventory_pb2_grpc.InventoryServiceStub(inventory), payment_pb2_grpc.PaymentServiceStub(payment), config
+        store,
+        InventoryClient(inventory_pb2_grpc.InventoryServiceStub(inventory)),
+        PaymentClient(payment_pb2_grpc.PaymentServiceStub(payment)),
+        config,
     )
     return saga, [inventory, payment]
 
@@ -50,9 +54,10 @@ def main() -> None:
                 channel.close()
 
         service = Service(SERVICE_NAME, OrderServicer(saga), order_pb2_grpc.add_OrderServiceServicer_to_server)
-        return Composed([service], store.migrate, [saga.run_recovery, saga.run_key_retention], on_stop)
+        return Composed([service], store.migrate, [saga.recovery.run_recovery, saga.recovery.run_key_retention], on_stop)
 
     run_service(config, compose)
+
 
 if __name__ == "__main__":
     main()

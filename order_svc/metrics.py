@@ -10,14 +10,12 @@ import datetime as dt
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from order_svc.model import Order, OrderStatus
 from plumbing.timestamps import utc_now
-from shop.order.v1 import order_pb2
 
-# From the proto's enum, which the saga's statuses are named after (the saga
-# imports this module, so this module does not import the saga).
-FINAL_STATUSES = tuple(n for n in order_pb2.OrderStatus.keys() if n not in ("ORDER_STATUS_UNSPECIFIED", "PENDING"))
+FINAL_STATUSES = tuple(s for s in OrderStatus if s != OrderStatus.PENDING)
 # The statuses a placement ends in; CANCELLED comes later, by request.
-PLACEMENT_OUTCOMES = tuple(s for s in FINAL_STATUSES if s != "CANCELLED")
+PLACEMENT_OUTCOMES = tuple(s for s in FINAL_STATUSES if s != OrderStatus.CANCELLED)
 # How a recovery attempt left a stuck order: the final status it reached
 # (lower case), or why it did not reach one.
 RECOVERY_OUTCOMES = (
@@ -58,8 +56,8 @@ for _outcome in RECOVERY_OUTCOMES:
     recoveries.labels(_outcome)
 
 
-def order_ended(order) -> None:
-    """`order` (a saga.Order) has just moved to its final status."""
+def order_ended(order: Order) -> None:
+    """`order` has just moved to its final status."""
     orders.labels(order.status).inc()
     if order.status in PLACEMENT_OUTCOMES and order.created_at is not None:
         saga_seconds.labels(order.status).observe(max(0.0, (utc_now() - order.created_at).total_seconds()))

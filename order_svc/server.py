@@ -1,8 +1,9 @@
 """OrderService over gRPC: proto <-> domain, and nothing else."""
 
 
-from order_svc import saga
-from order_svc.saga import OrderRequest, OrderSaga
+from order_svc import checks
+from order_svc.model import Order, OrderRequest
+from order_svc.saga import OrderSaga
 from plumbing.identity import current_caller, customer_for
 from plumbing.timestamps import to_timestamp
 from plumbing.validation import Violations, requested_items, valid_id
@@ -13,7 +14,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrderService"].full_name
 IDEMPOTENCY_KEY = "idempotency-key"
 
 
-def order_to_pb(order: saga.Order) -> pb.Order:
+def order_to_pb(order: Order) -> pb.Order:
     return pb.Order(
         id=order.id,
         customer_id=order.customer_id,
@@ -48,8 +49,8 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         violations = Violations()
         violations.check_id("customer_id", customer_id)
         items = requested_items(request, violations)
-        payment_method = saga.check_payment_method(violations, request.payment_method)
-        key = saga.check_idempotency_key(violations, _metadata_value(context, IDEMPOTENCY_KEY))
+        payment_method = checks.check_payment_method(violations, request.payment_method)
+        key = checks.check_idempotency_key(violations, _metadata_value(context, IDEMPOTENCY_KEY))
         violations.raise_if_any()
         placed_by_customer = caller is not None and not caller.admin
         order = self.saga.place_order(
@@ -64,10 +65,12 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     def ListOrders(self, request, context):
         customer_id = customer_for(current_caller(), request.customer_id)
         violations = Violations()
-        page_size, cursor = saga.check_page(violations, customer_id, request.page_size, request.page_token)
+        page_size, cursor = checks.check_page(violations, customer_id, request.page_size, request.page_token)
         violations.raise_if_any()
         page = self.saga.list_orders(customer_id, page_size, cursor)
-        return pb.ListOrdersResponse(orders=[order_to_pb(o) for o in page.orders], next_page_token=page.next_page_token)
+        return pb.ListOrdersResponse(
+            orders=[order_to_pb(o) for o in page.orders], next_page_token=checks.encode_page_token(page.next_cursor)
+        )
 
     def CancelOrder(self, request, context):
         return order_to_pb(self.saga.cancel_order(valid_id(request, "order_id"), current_caller()))

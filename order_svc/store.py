@@ -14,7 +14,7 @@ import json
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from order_svc.saga import CANCELLING, CONFIRMED, PENDING, Cursor, Failure, Order, OrderItem
+from order_svc.model import Cursor, Failure, Order, OrderItem, OrderStatus, Step
 from plumbing import db
 from plumbing.timestamps import as_utc, utc_now
 
@@ -164,14 +164,14 @@ def _order(row, items: list) -> Order:
     return Order(
         id=row.id,
         customer_id=row.customer_id,
-        status=row.status,
+        status=OrderStatus(row.status),
         items=tuple(OrderItem(i.product_id, i.quantity, i.unit_price_cents, i.currency) for i in items),
         payment_method=row.payment_method,
         total_cents=row.total_cents,
         currency=row.currency,
         payment_id=row.payment_id,
-        step=row.step,
-        outcome=row.outcome,
+        step=Step(row.step),
+        outcome=OrderStatus(row.outcome) if row.outcome else None,
         failure=failure,
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
@@ -180,6 +180,8 @@ def _order(row, items: list) -> Order:
 
 
 class OrderStore:
+    """The saga's Store (order_svc.model) on SQLite or PostgreSQL."""
+
     def __init__(self, engine: Engine):
         self.engine = engine
 
@@ -204,7 +206,7 @@ class OrderStore:
                     customer_id=order.customer_id,
                     status=order.status,
                     step=order.step,
-                    outcome=order.outcome,
+                    outcome=order.outcome or "",
                     payment_method=order.payment_method,
                     total_cents=order.total_cents,
                     currency=order.currency,
@@ -334,10 +336,10 @@ class OrderStore:
                 orders.update()
                 .where(
                     orders.c.id == order_id,
-                    orders.c.status == CONFIRMED,
-                    orders.c.step.in_(("", CANCELLING)),
+                    orders.c.status == OrderStatus.CONFIRMED,
+                    orders.c.step.in_((Step.AT_REST, Step.CANCELLING)),
                 )
-                .values(step=CANCELLING, lease_owner=owner, lease_expires_at=lease_until, updated_at=utc_now())
+                .values(step=Step.CANCELLING, lease_owner=owner, lease_expires_at=lease_until, updated_at=utc_now())
                 .returning(orders.c.id)
             ).first()
             return None if moved is None else self._load_one(conn, order_id)
@@ -373,7 +375,9 @@ class OrderStore:
     def oldest_pending_created_at(self) -> dt.datetime | None:
         """When the oldest order still PENDING was stored (None: there is none)."""
         with db.read(self.engine) as conn:
-            oldest = conn.execute(sa.select(sa.func.min(orders.c.created_at)).where(orders.c.status == PENDING)).scalar_one()
+            oldest = conn.execute(
+                sa.select(sa.func.min(orders.c.created_at)).where(orders.c.status == OrderStatus.PENDING)
+            ).scalar_one()
         return as_utc(oldest)
 
     def release_lease(self, order_id: str, owner: str) -> None:
@@ -388,7 +392,10 @@ class OrderStore:
     @staticmethod
     def _stuck(now: dt.datetime, untouched_since: dt.datetime) -> list:
         return [
-            sa.or_(orders.c.status == PENDING, sa.and_(orders.c.status == CONFIRMED, orders.c.step == CANCELLING)),
+            sa.or_(
+                orders.c.status == OrderStatus.PENDING,
+                sa.and_(orders.c.status == OrderStatus.CONFIRMED, orders.c.step == Step.CANCELLING),
+            ),
             sa.or_(orders.c.lease_expires_at.is_(None), orders.c.lease_expires_at < now),
             orders.c.updated_at < untouched_since,
         ]

@@ -8,14 +8,17 @@ message here ever quotes either.
 """
 
 import datetime as dt
+import enum
 import re
 import secrets
 from dataclasses import dataclass
 
 from plumbing.validation import Violations
+from shop.payment.v1 import payment_pb2
 
-# Payment statuses, named as in the proto enum.
-CAPTURED, DECLINED, REFUNDED = "CAPTURED", "DECLINED", "REFUNDED"
+# The proto's payment statuses (CAPTURED, DECLINED, REFUNDED), by name, as
+# they are stored: all but its zero value, ..._UNSPECIFIED, never set.
+PaymentStatus = enum.StrEnum("PaymentStatus", [(n, n) for n, v in payment_pb2.PaymentStatus.items() if v != 0])
 
 # How the simulated processor treats a card, decided when it is tokenized.
 APPROVE = "approve"
@@ -63,7 +66,7 @@ class PaymentMethod:
 class Authorization:
     """The processor's answer to one charge."""
 
-    status: str  # CAPTURED or DECLINED
+    status: PaymentStatus  # CAPTURED or DECLINED
     decline_reason: str  # empty unless DECLINED
 
 
@@ -73,7 +76,7 @@ class Payment:
     order_id: str
     amount_cents: int
     currency: str
-    status: str
+    status: PaymentStatus
     card_brand: str
     card_last4: str
     decline_reason: str
@@ -193,10 +196,10 @@ def check_charge(violations: Violations, amount_cents: int, currency: str) -> No
 def authorize(method: PaymentMethod, now: dt.datetime) -> Authorization:
     """What the simulated processor answers to a charge on this method now."""
     if method.exp_month is not None and is_expired(method.exp_month, method.exp_year, now):
-        return Authorization(DECLINED, EXPIRED_CARD)
+        return Authorization(PaymentStatus.DECLINED, EXPIRED_CARD)
     if method.processor_outcome == APPROVE:
-        return Authorization(CAPTURED, "")
-    return Authorization(DECLINED, method.processor_outcome)
+        return Authorization(PaymentStatus.CAPTURED, "")
+    return Authorization(PaymentStatus.DECLINED, method.processor_outcome)
 
 
 def usable_for(method: PaymentMethod, customer_id: str, placed_by_customer: bool) -> bool:

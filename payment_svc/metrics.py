@@ -18,10 +18,10 @@ payments = Counter(
     "Payments by the status they reached (CAPTURED, DECLINED, REFUNDED) and the decline reason.",
     ["status", "decline_reason"],
 )
-payments.labels(charges.CAPTURED, "")
-payments.labels(charges.REFUNDED, "")
+payments.labels(charges.PaymentStatus.CAPTURED, "")
+payments.labels(charges.PaymentStatus.REFUNDED, "")
 for _reason in DECLINE_REASONS:
-    payments.labels(charges.DECLINED, _reason)
+    payments.labels(charges.PaymentStatus.DECLINED, _reason)
 
 
 def payment_recorded(payment: charges.Payment) -> None:

@@ -17,12 +17,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from payment_svc import charges, metrics
-from payment_svc.charges import CAPTURED, REFUNDED, Authorization, Payment, PaymentMethod
+from payment_svc.charges import Authorization, Payment, PaymentMethod, PaymentStatus
 from plumbing import db
 from plumbing.errors import ShopError, failed_precondition, not_found
 from plumbing.timestamps import as_utc, utc_now
 
 metadata = sa.MetaData()
+# 'CAPTURED', 'DECLINED', 'REFUNDED': what a payment's status may be.
+_STATUSES = ", ".join(f"'{status}'" for status in PaymentStatus)
 
 # Only what may be kept of a card: never its number or CVC.
 payment_methods = sa.Table(
@@ -68,7 +70,7 @@ payments = sa.Table(
     # The order's owner; NULL for payments recorded before owners were kept.
     sa.Column("customer_id", sa.String(64), nullable=True),
     sa.CheckConstraint("amount_cents > 0", name="amount_positive"),
-    sa.CheckConstraint("status IN ('CAPTURED', 'DECLINED', 'REFUNDED')", name="known_status"),
+    sa.CheckConstraint(f"status IN ({_STATUSES})", name="known_status"),
 )
 
 MIGRATIONS = (
@@ -90,7 +92,7 @@ def _payment(row) -> Payment:
         order_id=row.order_id,
         amount_cents=row.amount_cents,
         currency=row.currency,
-        status=row.status,
+        status=PaymentStatus(row.status),
         card_brand=row.card_brand,
         card_last4=row.card_last4,
         decline_reason=row.decline_reason,
@@ -236,7 +238,7 @@ class PaymentStore:
         if not existing:
             raise no_payment_for_order(order_id)
         for payment in existing:
-            if payment.status == REFUNDED:
+            if payment.status == PaymentStatus.REFUNDED:
                 return payment
         raise failed_precondition(
             "NOT_REFUNDABLE",
@@ -278,8 +280,8 @@ class PaymentStore:
         """Compare-and-set CAPTURED -> REFUNDED: of two callers, one moves it."""
         row = conn.execute(
             payments.update()
-            .where(payments.c.order_id == order_id, payments.c.status == CAPTURED)
-            .values(status=REFUNDED, updated_at=now)
+            .where(payments.c.order_id == order_id, payments.c.status == PaymentStatus.CAPTURED)
+            .values(status=PaymentStatus.REFUNDED, updated_at=now)
             .returning(*payments.c)
         ).first()
         return None if row is None else _payment(row)

@@ -126,7 +126,7 @@ def run_order(
     running.upstream_channels = upstream_channels
     if recover:
         stopping = threading.Event()
-        thread = threading.Thread(target=saga.run_recovery, args=(stopping,), name="order-recovery", daemon=True)
+        thread = threading.Thread(target=saga.recovery.run_recovery, args=(stopping,), name="order-recovery", daemon=True)
         thread.start()
         running.background.append((stopping, thread))
     return running

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from order_svc import saga
+from order_svc import recovery
 from plumbing.errors import from_rpc_error
 from shop.inventory.v1 import inventory_pb2 as inv
 from shop.order.v1 import order_pb2 as pb
@@ -164,7 +164,7 @@ def settling_threads() -> set[threading.Thread]:
 def test_background_settling_runs_on_a_fixed_pool_and_leaves_the_overflow_to_recovery(
     database_url, sqlite_url, monkeypatch, caplog
 ):
-    monkeypatch.setattr(saga, "SETTLING_BACKLOG", 2 * saga.SETTLING_WORKERS)
+    monkeypatch.setattr(recovery, "SETTLING_BACKLOG", 2 * recovery.SETTLING_WORKERS)
     # Held Voids must not time out while the test counts them; no recovery yet.
     shop = harness.OrderShop.start(database_url, sqlite_url, downstream_timeout_s=30.0, recover=False)
     gate = threading.Event()
@@ -174,24 +174,24 @@ def test_background_settling_runs_on_a_fixed_pool_and_leaves_the_overflow_to_rec
         shop.payment_faults.rules["Charge"] = unknown_outcome
         shop.payment_faults.rules["Void"] = harness.held_until(gate)
         orders = shop.orders()
-        count = 3 * saga.SETTLING_WORKERS
+        count = 3 * recovery.SETTLING_WORKERS
         with ThreadPoolExecutor(count) as pool:
             errors = list(pool.map(lambda _: refused_order(orders, 30, items=(("P001", 1),)), range(count)))
         assert {error.code for error in errors} == {grpc.StatusCode.UNAVAILABLE}
         # Every order is answered and awaits its Void: the pool's threads hold
         # as many, the backlog as many again, and the rest wait for recovery.
         harness.eventually(
-            lambda: len(shop.payment_faults.requests("Void")) == saga.SETTLING_WORKERS, what="the first Voids"
+            lambda: len(shop.payment_faults.requests("Void")) == recovery.SETTLING_WORKERS, what="the first Voids"
         )
-        assert len(settling_threads() - earlier) == saga.SETTLING_WORKERS
+        assert len(settling_threads() - earlier) == recovery.SETTLING_WORKERS
         left = [r.order_id for r in caplog.records if r.getMessage() == "order left for recovery"]
-        assert len(left) == count - saga.SETTLING_BACKLOG
+        assert len(left) == count - recovery.SETTLING_BACKLOG
         gate.set()
         shop.start_order(recover=True)
         settled = [final_order(orders, error.metadata["order_id"]) for error in errors]
         assert {order.status for order in settled} == {pb.FAILED}
         assert stock(shop, "P001")["P001"] == before
-        assert len(settling_threads() - earlier) <= saga.SETTLING_WORKERS
+        assert len(settling_threads() - earlier) <= recovery.SETTLING_WORKERS
     finally:
         gate.set()
         shop.stop()

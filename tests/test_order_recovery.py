@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from order_svc.saga import CHARGING, PENDING, Order, OrderItem
+from order_svc.model import Order, OrderItem, OrderStatus, Step
 from order_svc.store import OrderStore
 from plumbing import db
 from shop.inventory.v1 import inventory_pb2 as inv
@@ -271,8 +271,8 @@ def test_an_order_left_charging_by_an_earlier_version_is_completed_with_its_reco
             Order(
                 id=order_id,
                 customer_id="C-earlier",
-                status=PENDING,
-                step=CHARGING,
+                status=OrderStatus.PENDING,
+                step=Step.CHARGING,
                 items=(OrderItem("P001", 2, line.unit_price_cents, "USD"),),
                 payment_method="tok_visa",
                 total_cents=total,

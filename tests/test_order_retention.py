@@ -47,8 +47,8 @@ def test_keys_past_the_retention_are_forgotten_and_their_orders_kept(shop):
     age(shop, recent, DAY - dt.timedelta(minutes=1))
     saga, engine = saga_on(shop)
     try:
-        assert saga.forget_expired_idempotency_keys() == 1
-        assert saga.forget_expired_idempotency_keys() == 0
+        assert saga.recovery.forget_expired_idempotency_keys() == 1
+        assert saga.recovery.forget_expired_idempotency_keys() == 0
     finally:
         saga.close()
         engine.dispose()
@@ -74,8 +74,8 @@ def test_a_longer_retention_keeps_keys_longer(shop):
     age(shop, order_id, DAY + dt.timedelta(hours=1))
     saga, engine = saga_on(shop, idempotency_key_ttl_h=48)
     try:
-        assert saga.forget_expired_idempotency_keys() == 0
-        assert saga.forget_expired_idempotency_keys(now=utc_now() + DAY) == 1
+        assert saga.recovery.forget_expired_idempotency_keys() == 0
+        assert saga.recovery.forget_expired_idempotency_keys(now=utc_now() + DAY) == 1
     finally:
         saga.close()
         engine.dispose()
@@ -91,7 +91,7 @@ def test_keys_are_forgotten_in_batches_by_replicas_side_by_side(shop):
 
     def purge(saga):
         while True:
-            forgotten = saga.forget_expired_idempotency_keys(batch=2)
+            forgotten = saga.recovery.forget_expired_idempotency_keys(batch=2)
             with lock:
                 counts.append(forgotten)
             if forgotten < 2:

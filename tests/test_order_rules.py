@@ -7,7 +7,7 @@ import datetime as dt
 import grpc
 import pytest
 
-from order_svc import saga
+from order_svc import checks, failures, model
 from plumbing.config import ConfigError, OrderConfig
 from plumbing.errors import ShopError
 from plumbing.validation import Violations
@@ -18,7 +18,7 @@ from plumbing.validation import Violations
 )
 def test_a_card_number_is_not_a_payment_method(value):
     violations = Violations()
-    saga.check_payment_method(violations, value)
+    checks.check_payment_method(violations, value)
     ((field, description),) = violations.items
     assert field == "payment_method" and "POST /payment_methods" in description
     assert value.replace(" ", "").replace("-", "")[-4:] not in description
@@ -27,7 +27,7 @@ def test_a_card_number_is_not_a_payment_method(value):
 @pytest.mark.parametrize("value", ["tok_visa", "tok_chargeDeclined", "pm_0123456789abcdef01234567"])
 def test_test_tokens_and_issued_payment_method_ids_pass(value):
     violations = Violations()
-    assert saga.check_payment_method(violations, value) == value
+    assert checks.check_payment_method(violations, value) == value
     assert violations.items == []
 
 
@@ -36,52 +36,52 @@ def test_test_tokens_and_issued_payment_method_ids_pass(value):
 )
 def test_anything_else_is_refused_naming_the_forms_a_payment_method_takes(value):
     violations = Violations()
-    saga.check_payment_method(violations, value)
+    checks.check_payment_method(violations, value)
     ((field, description),) = violations.items
     assert field == "payment_method" and "tok_" in description and "pm_" in description
 
 
 def test_payment_method_defaults_to_tok_visa():
-    assert saga.check_payment_method(Violations(), "") == "tok_visa"
+    assert checks.check_payment_method(Violations(), "") == "tok_visa"
 
 
 @pytest.mark.parametrize("key, valid", [("k", True), ("x" * 255, True), ("a b~!", True), ("", False), ("x" * 256, False), ("é", False), ("a\tb", False)])
 def test_idempotency_key_is_1_to_255_printable_ascii_characters(key, valid):
     violations = Violations()
-    saga.check_idempotency_key(violations, key)
+    checks.check_idempotency_key(violations, key)
     assert (violations.items == []) is valid
 
 
 def test_no_idempotency_key_is_no_key():
     violations = Violations()
-    assert saga.check_idempotency_key(violations, None) == ""
+    assert checks.check_idempotency_key(violations, None) == ""
     assert violations.items == []
 
 
 def test_fingerprint_ignores_item_order_but_not_quantities_or_method():
-    base = saga.OrderRequest("C1", (("P1", 1), ("P2", 2)), "tok_visa", "k")
-    assert base.fingerprint() == saga.OrderRequest("C1", (("P2", 2), ("P1", 1)), "tok_visa", "other").fingerprint()
-    assert base.fingerprint() != saga.OrderRequest("C1", (("P1", 1), ("P2", 3)), "tok_visa", "k").fingerprint()
-    assert base.fingerprint() != saga.OrderRequest("C1", (("P1", 1), ("P2", 2)), "tok_mastercard", "k").fingerprint()
-    assert base.fingerprint() != saga.OrderRequest("C2", (("P1", 1), ("P2", 2)), "tok_visa", "k").fingerprint()
+    base = model.OrderRequest("C1", (("P1", 1), ("P2", 2)), "tok_visa", "k")
+    assert base.fingerprint() == model.OrderRequest("C1", (("P2", 2), ("P1", 1)), "tok_visa", "other").fingerprint()
+    assert base.fingerprint() != model.OrderRequest("C1", (("P1", 1), ("P2", 3)), "tok_visa", "k").fingerprint()
+    assert base.fingerprint() != model.OrderRequest("C1", (("P1", 1), ("P2", 2)), "tok_mastercard", "k").fingerprint()
+    assert base.fingerprint() != model.OrderRequest("C2", (("P1", 1), ("P2", 2)), "tok_visa", "k").fingerprint()
 
 
 def test_page_token_round_trips_its_cursor():
-    cursor = saga.Cursor(dt.datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=dt.UTC), 42, "C1")
-    token = saga.encode_page_token(cursor)
-    assert saga.decode_page_token(token) == cursor
+    cursor = model.Cursor(dt.datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=dt.UTC), 42, "C1")
+    token = checks.encode_page_token(cursor)
+    assert checks.decode_page_token(token) == cursor
     assert "=" not in token
 
 
 @pytest.mark.parametrize("token", ["", "x", "!!!", "e30", "W10", "eyJ0IjoiMjAyNi0xMS0yMVQxMDowMDowMCIsInMiOjEsImMiOiIifQ"])
 def test_anything_but_an_issued_token_is_refused(token):
-    assert saga.decode_page_token(token) is None
+    assert checks.decode_page_token(token) is None
 
 
 @pytest.mark.parametrize("page_size, valid, size", [(0, True, 50), (1, True, 1), (200, True, 200), (201, False, None), (-1, False, None)])
 def test_page_size_is_50_by_default_and_at_most_200(page_size, valid, size):
     violations = Violations()
-    got, _ = saga.check_page(violations, "", page_size, "")
+    got, _ = checks.check_page(violations, "", page_size, "")
     assert (violations.items == []) is valid
     if valid:
         assert got == size
@@ -96,27 +96,27 @@ def test_page_size_is_50_by_default_and_at_most_200(page_size, valid, size):
     ],
 )
 def test_an_upstream_without_a_sure_answer_keeps_its_code_and_names_the_order(code, expected, reason):
-    error = saga.upstream_unavailable("payment", ShopError(code, "boom"), "ord_1", "failed")
+    error = failures.upstream_unavailable("payment", ShopError(code, "boom"), "ord_1", "failed")
     assert (error.code, error.reason, error.metadata) == (expected, reason, {"order_id": "ord_1", "service": "payment"})
     assert "ord_1" in error.message
 
 
 def test_an_order_recovery_had_to_fail_answers_the_503_row_naming_the_order():
-    error = saga.interrupted("ord_1")
+    error = failures.interrupted("ord_1")
     assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
     assert error.metadata["order_id"] == "ord_1"
 
 
 def test_an_upstream_refusal_keeps_its_reason_and_details_and_names_the_order():
     refusal = ShopError(grpc.StatusCode.FAILED_PRECONDITION, "P1: 5 requested, 2 available", "OUT_OF_STOCK", {"product_id": "P1"})
-    error = saga.with_order_id(refusal, "ord_1")
+    error = failures.with_order_id(refusal, "ord_1")
     assert (error.code, error.reason, error.message) == (refusal.code, "OUT_OF_STOCK", refusal.message)
     assert error.metadata == {"product_id": "P1", "order_id": "ord_1"}
 
 
 def test_a_stored_failure_gives_back_the_very_same_error():
     error = ShopError(grpc.StatusCode.INVALID_ARGUMENT, "bad", "INVALID_ARGUMENT", {"order_id": "o"}, [("f", "d")])
-    again = saga.Failure.of(error).error()
+    again = model.Failure.of(error).error()
     assert (again.code, again.message, again.reason, again.metadata, again.violations) == (
         error.code,
         error.message,

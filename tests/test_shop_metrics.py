@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
-from order_svc.saga import PENDING, RESERVING, Order, OrderItem
+from order_svc.model import Order, OrderItem, OrderStatus, Step
 from order_svc.store import OrderStore, orders
 from plumbing import db
 from plumbing.server import Service, ShopServer
@@ -125,7 +125,7 @@ def test_a_recovery_pass_measures_the_oldest_pending_order_before_ending_it(shop
     counts = Counts(("shop_order_recoveries_total", {"outcome": "failed"}), orders_ended("FAILED"))
     # Recovery by hand, one pass at a time.
     saga = shop.start_order(recover=False).servicer.saga
-    saga.recover_stuck_orders()
+    saga.recovery.recover_stuck_orders()
     assert REGISTRY.get_sample_value(*oldest_pending) == 0
 
     # Left at its first step by a process now gone, two minutes ago.
@@ -134,8 +134,8 @@ def test_a_recovery_pass_measures_the_oldest_pending_order_before_ending_it(shop
         stuck = Order(
             id="ord_stuck",
             customer_id="C1",
-            status=PENDING,
-            step=RESERVING,
+            status=OrderStatus.PENDING,
+            step=Step.RESERVING,
             items=(OrderItem("P001", 1),),
             payment_method="tok_visa",
         )
@@ -151,11 +151,11 @@ def test_a_recovery_pass_measures_the_oldest_pending_order_before_ending_it(shop
         engine.dispose()
 
     # Nothing was charged, so recovery voids and fails the order.
-    assert saga.recover_stuck_orders() == 1
+    assert saga.recovery.recover_stuck_orders() == 1
     assert REGISTRY.get_sample_value(*oldest_pending) >= 120
     assert saga.get_order(stuck.id).status == "FAILED"
     assert counts.changes() == [1, 1]
-    saga.recover_stuck_orders()
+    saga.recovery.recover_stuck_orders()
     assert REGISTRY.get_sample_value(*oldest_pending) == 0
 
 

@@ -1,0 +1,93 @@
+"""The order service's request checks: what a CreateOrder or ListOrders may
+carry beyond the shared id and item rules, and the page tokens of a list.
+server.py calls them before anything is stored or read; each check adds what
+is wrong to a Violations and returns the value in normal form.
+"""
+
+import datetime as dt
+import json
+import re
+from base64 import urlsafe_b64decode, urlsafe_b64encode
+
+from order_svc.model import Cursor
+from plumbing.validation import PAYMENT_METHOD_REFERENCE, Violations
+
+DEFAULT_PAYMENT_METHOD = "tok_visa"
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# 12-19 digits, spaces or dashes between them: a card number, not a token.
+CARD_NUMBER = re.compile(r"[0-9][0-9 -]*[0-9]")
+MIN_CARD_DIGITS, MAX_CARD_DIGITS = 12, 19
+
+
+def check_payment_method(violations: Violations, payment_method: str) -> str:
+    """The payment method to charge: a test token or a payment method id,
+    never a card number (which is neither echoed nor logged)."""
+    if not payment_method:
+        return DEFAULT_PAYMENT_METHOD
+    if PAYMENT_METHOD_REFERENCE.fullmatch(payment_method):
+        return payment_method
+    digits = payment_method.replace(" ", "").replace("-", "")
+    if CARD_NUMBER.fullmatch(payment_method) and MIN_CARD_DIGITS <= len(digits) <= MAX_CARD_DIGITS:
+        violations.add(
+            "payment_method",
+            "looks like a card number: orders never carry card details; create a payment method "
+            "with POST /payment_methods and pass its id (pm_...) as payment_method",
+        )
+    else:
+        violations.add(
+            "payment_method",
+            "must be a test token (tok_visa, ...) or the id of a payment method (pm_...) "
+            "created with POST /payment_methods",
+        )
+    return ""
+
+
+def check_idempotency_key(violations: Violations, key: str | None) -> str:
+    """An Idempotency-Key: 1-255 printable ASCII characters ("" for none)."""
+    if key is None:
+        return ""
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not all(" " <= c <= "~" for c in key):
+        violations.add(
+            "idempotency-key", f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
+        )
+    return key
+
+
+def check_page(
+    violations: Violations, customer_id: str, page_size: int, page_token: str
+) -> tuple[int, Cursor | None]:
+    violations.check_id("customer_id", customer_id, required=False)
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        violations.add("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})")
+    cursor = None
+    if page_token:
+        cursor = decode_page_token(page_token)
+        if cursor is None:
+            violations.add("page_token", "is not a page token this service issued")
+        elif cursor.customer_id != customer_id:
+            violations.add("page_token", "was issued for a list with a different customer_id")
+    return page_size or DEFAULT_PAGE_SIZE, cursor
+
+
+def encode_page_token(cursor: Cursor | None) -> str:
+    """The next_page_token of a page that ends at `cursor` ("" on the last page)."""
+    if cursor is None:
+        return ""
+    raw = json.dumps(
+        {"t": cursor.created_at.isoformat(), "s": cursor.seq, "c": cursor.customer_id}, separators=(",", ":")
+    )
+    return urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> Cursor | None:
+    """The cursor in a token, or None if it is not one of ours."""
+    try:
+        raw = json.loads(urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        created_at = dt.datetime.fromisoformat(raw["t"])
+        seq, customer_id = raw["s"], raw["c"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if created_at.tzinfo is None or type(seq) is not int or not isinstance(customer_id, str):
+        return None
+    return Cursor(created_at.astimezone(dt.UTC), seq, customer_id)
