@@ -23,6 +23,7 @@ from gateway.operations import OPERATIONS_ROUTES, UNLIMITED_PATHS
 from gateway.operations import blueprint as operations_blueprint
 from gateway.responses import json_response
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
+from gateway.transcoding.routes import NOT_IN_CONVERTER, NotInConverter
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
 from plumbing import tracing
 from plumbing.identity import Caller
@@ -96,6 +97,7 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
     # No redirects (they answer HTML): /orders/ is /orders, // is not merged.
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
+    app.url_map.converters[NOT_IN_CONVERTER] = NotInConverter
     if config.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies)
 
