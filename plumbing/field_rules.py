@@ -1,4 +1,5 @@
-"""The field rules declared in the protos (shop.api.v1.rules on a field; see
+"""The field rules declared in the protos (shop.api.v1.rules on a field, and
+shop.api.v1.message_rules on a request with alternative forms; see
 protos/shop/api/v1/field_rules.proto), as plain-Python checks.
 
 The checks of a message type are built once, from its descriptor, the first
@@ -89,6 +90,9 @@ def _message_check(descriptor: Descriptor):
         checks = [check for field in descriptor.fields if (check := _field_check(field)) is not None]
     finally:
         _being_built.discard(descriptor.full_name)
+    forms = declared_forms(descriptor)
+    if forms:
+        checks.append(_forms_check(descriptor, forms))
     if not checks:
         return None
 
@@ -97,6 +101,43 @@ def _message_check(descriptor: Descriptor):
             check(message, path, violations)
 
     return check_message
+
+
+def declared_forms(descriptor: Descriptor) -> list[tuple[str, ...]]:
+    """The alternative forms a message declares: groups of field names."""
+    options = descriptor.GetOptions()
+    if not options.HasExtension(field_rules_pb2.message_rules):
+        return []
+    return [tuple(group.fields) for group in options.Extensions[field_rules_pb2.message_rules].forms]
+
+
+def _forms_check(descriptor: Descriptor, forms: list[tuple[str, ...]]):
+    fields = {name: descriptor.fields_by_name[name] for form in forms for name in form}
+    named = " or ".join(" and ".join(form) for form in forms)
+    only_one = "not both" if len(forms) == 2 else "only one of them"
+
+    def given(message: Message, name: str) -> bool:
+        field = fields[name]
+        if field.is_repeated:
+            return len(getattr(message, name)) > 0
+        if field.has_presence:
+            return message.HasField(name)
+        return bool(getattr(message, name))
+
+    def check_forms(message: Message, path: str, violations: Violations) -> None:
+        chosen = [form for form in forms if any(given(message, name) for name in form)]
+        if len(chosen) > 1:
+            violations.append((_join(path, forms[0][0]), f"give either {named}, {only_one}"))
+        elif not chosen:
+            violations.append((_join(path, forms[0][0]), f"give {named}"))
+        else:
+            form = chosen[0]
+            present = " and ".join(name for name in form if given(message, name))
+            for name in form:
+                if not given(message, name):
+                    violations.append((_join(path, name), f"is required with {present}"))
+
+    return check_forms
 
 
 def _field_check(field: FieldDescriptor):
