@@ -2,8 +2,9 @@
 shop.api.v1.message_rules on a request with alternative forms; see
 protos/shop/api/v1/field_rules.proto), as plain-Python checks.
 
-The checks of a message type are built once, from its descriptor, the first
-time one is checked; checking a request then walks only the fields that
+The checks of a message type are built once, from its descriptor: at start
+for the requests of the services a process serves or calls
+(prepare_service), so checking a request then only walks the fields that
 carry rules. Every service runs them in its server interceptor, after the
 caller check (plumbing/interceptors.py), and the gateway when it binds a
 request (gateway/transcoding/binding.py). A violation names the field and the
@@ -43,6 +44,16 @@ def format_rule(fmt: int) -> field_rules_pb2.FormatRule:
     """What a Format asks of a string, from the option on its enum value."""
     value = field_rules_pb2.Format.DESCRIPTOR.values_by_number[fmt]
     return value.GetOptions().Extensions[field_rules_pb2.format_rule]
+
+
+def prepare_service(full_name: str) -> None:
+    """Build the checks of every request of a service, before it serves."""
+    try:
+        service = descriptor_pool.Default().FindServiceByName(full_name)
+    except KeyError:
+        return  # not one of the shop's protos: it declares no rules
+    for method in service.methods:
+        _message_check(method.input_type)
 
 
 def violations_of(message: Message) -> Violations:
@@ -255,7 +266,7 @@ def _max_length_check(limit: int) -> _ValueCheck:
     return check_length
 
 
-def range_description(rules: field_rules_pb2.FieldRules) -> str:
+def _range_description(rules: field_rules_pb2.FieldRules) -> str:
     if rules.HasField("min") and rules.HasField("max"):
         return f"must be between {rules.min} and {rules.max}"
     if rules.HasField("min"):
@@ -266,7 +277,7 @@ def range_description(rules: field_rules_pb2.FieldRules) -> str:
 def _range_check(rules: field_rules_pb2.FieldRules) -> _ValueCheck:
     low = rules.min if rules.HasField("min") else None
     high = rules.max if rules.HasField("max") else None
-    description = range_description(rules)
+    description = _range_description(rules)
 
     def check_range(value: int, path: str, violations: Violations) -> None:
         if (low is not None and value < low) or (high is not None and value > high):
