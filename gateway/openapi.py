@@ -1,5 +1,7 @@
 """/openapi.json: an OpenAPI 3 document generated from the same route table
-and message descriptors the gateway serves from, so it cannot drift."""
+and message descriptors the gateway serves from, so it cannot drift. This
+module documents the operations; the schemas of messages and fields, with
+the field rules the protos declare, come from gateway/schemas.py."""
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
@@ -8,19 +10,13 @@ from gateway.errors import HTTP_STATUS_BY_REASON
 from gateway.schemas import REF, MessageSchemas, must_be_given
 from gateway.transcoding import Binding
 from gateway.transcoding.json_types import WELL_KNOWN_TYPES
+from gateway.transcoding.routes import field_at
 from plumbing.identity import ADMIN_SCOPE
 
 ERROR_SCHEMA = "Error"
 # The bearer scheme of each AUTH mode: ADMIN_TOKEN (off) or a JWT (jwt).
 ADMIN_TOKEN_SCHEME = "adminToken"
 JWT_SCHEME = "bearerJwt"
-
-
-def _field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
-    *parents, name = field_path.split(".")
-    for parent in parents:
-        descriptor = descriptor.fields_by_name[parent].message_type
-    return descriptor.fields_by_name[name]
 
 
 def _query_parameters(
@@ -58,7 +54,7 @@ def _operation(binding: Binding, schemas: MessageSchemas, gatekeeper: Gatekeeper
             "name": variable.field_path,
             "in": "path",
             "required": True,
-            "schema": schemas.parameter(_field_at(method.input_type, variable.field_path)),
+            "schema": schemas.parameter(field_at(method.input_type, variable.field_path)),
         }
         for variable in binding.variables
     ]
