@@ -1,129 +1,26 @@
 """/openapi.json: an OpenAPI 3 document generated from the same route table
-and message descriptors the gateway serves from, so it cannot drift."""
+and message descriptors the gateway serves from, so it cannot drift. This
+module documents the operations; the schemas of messages and fields, with
+the field rules the protos declare, come from gateway/schemas.py."""
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.auth import Demand, Gatekeeper
 from gateway.errors import HTTP_STATUS_BY_REASON
+from gateway.schemas import REF, MessageSchemas, must_be_given
 from gateway.transcoding import Binding
+from gateway.transcoding.json_types import WELL_KNOWN_TYPES
+from gateway.transcoding.routes import field_at
 from plumbing.identity import ADMIN_SCOPE
 
-_REF = "#/components/schemas/"
 ERROR_SCHEMA = "Error"
 # The bearer scheme of each AUTH mode: ADMIN_TOKEN (off) or a JWT (jwt).
 ADMIN_TOKEN_SCHEME = "adminToken"
 JWT_SCHEME = "bearerJwt"
 
-_SCALARS = {
-    FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0},
-    FieldDescriptor.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0},
-    # The gateway renders 64-bit integers as JSON numbers, not proto3's strings.
-    FieldDescriptor.TYPE_INT64: {"type": "integer", "format": "int64"},
-    FieldDescriptor.TYPE_SINT64: {"type": "integer", "format": "int64"},
-    FieldDescriptor.TYPE_SFIXED64: {"type": "integer", "format": "int64"},
-    FieldDescriptor.TYPE_UINT64: {"type": "integer", "format": "int64", "minimum": 0},
-    FieldDescriptor.TYPE_FIXED64: {"type": "integer", "format": "int64", "minimum": 0},
-    FieldDescriptor.TYPE_DOUBLE: {"type": "number", "format": "double"},
-    FieldDescriptor.TYPE_FLOAT: {"type": "number", "format": "float"},
-    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
-    FieldDescriptor.TYPE_STRING: {"type": "string"},
-    FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte"},
-}
-_WELL_KNOWN = {
-    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-    "google.protobuf.Duration": {"type": "string", "example": "1.5s"},
-    "google.protobuf.FieldMask": {"type": "string"},
-    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
-    "google.protobuf.Value": {},
-    "google.protobuf.ListValue": {"type": "array", "items": {}},
-    "google.protobuf.Any": {"type": "object", "additionalProperties": True},
-    "google.protobuf.Empty": {"type": "object"},
-    "google.protobuf.DoubleValue": {"type": "number"},
-    "google.protobuf.FloatValue": {"type": "number"},
-    "google.protobuf.Int64Value": {"type": "integer", "format": "int64"},
-    "google.protobuf.UInt64Value": {"type": "integer", "format": "int64", "minimum": 0},
-    "google.protobuf.Int32Value": {"type": "integer", "format": "int32"},
-    "google.protobuf.UInt32Value": {"type": "integer", "format": "int64", "minimum": 0},
-    "google.protobuf.BoolValue": {"type": "boolean"},
-    "google.protobuf.StringValue": {"type": "string"},
-    "google.protobuf.BytesValue": {"type": "string", "format": "byte"},
-}
-
-_OPERATIONS = {
-    "/health": (
-        "Liveness of the gateway process",
-        {"type": "object", "properties": {"status": {"type": "string"}}},
-    ),
-    "/ready": (
-        "200 when every backend's standard health check answers SERVING, else 503",
-        {"type": "object", "properties": {"status": {"type": "string"}, "backends": {"type": "object"}}},
-    ),
-    "/metrics": ("Prometheus text exposition", None),
-    "/mesh/traffic-stats": (
-        "Uptime, request totals and per-upstream requests, errors, success rate and latency",
-        {
-            "type": "object",
-            "properties": {
-                "started_at": {"type": "string", "format": "date-time"},
-                "uptime_seconds": {"type": "number"},
-                "total_requests": {"type": "integer"},
-                "rate_limited_requests": {"type": "integer"},
-                "upstreams": {"type": "object"},
-            },
-        },
-    ),
-    "/mesh/service-status": (
-        "Each backend's address, health status and check latency, and an overall status",
-        {"type": "object", "properties": {"overall": {"type": "string"}, "backends": {"type": "object"}}},
-    ),
-    "/openapi.json": ("This document", {"type": "object"}),
-}
-
-
-class _Schemas:
-    def __init__(self) -> None:
-        self.components: dict[str, dict] = {}
-
-    def ref(self, descriptor: Descriptor) -> dict:
-        if descriptor.full_name in _WELL_KNOWN:
-            return dict(_WELL_KNOWN[descriptor.full_name])
-        name = descriptor.full_name
-        if name not in self.components:
-            self.components[name] = {}  # placeholder first: messages may nest themselves
-            self.components[name] = self.message(descriptor)
-        return {"$ref": _REF + name}
-
-    def message(self, descriptor: Descriptor, leave_out: set[str] = frozenset()) -> dict:
-        properties = {
-            field.name: self.field(field) for field in descriptor.fields if field.name not in leave_out
-        }
-        return {"type": "object", "properties": properties, "additionalProperties": False}
-
-    def field(self, field: FieldDescriptor) -> dict:
-        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
-            value = field.message_type.fields_by_name["value"]
-            return {"type": "object", "additionalProperties": self.single(value)}
-        if field.is_repeated:
-            return {"type": "array", "items": self.single(field)}
-        schema = self.single(field)
-        if field.has_presence:
-            # Rendered as null when unset, so every response has one shape.
-            return {"allOf": [schema], "nullable": True} if "$ref" in schema else {**schema, "nullable": True}
-        return schema
-
-    def single(self, field: FieldDescriptor) -> dict:
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
-            return self.ref(field.message_type)
-        if field.type == FieldDescriptor.TYPE_ENUM:
-            return {"type": "string", "enum": [value.name for value in field.enum_type.values]}
-        return dict(_SCALARS[field.type])
-
 
 def _query_parameters(
-    descriptor: Descriptor, bound: set[str], schemas: _Schemas, prefix: str = "", depth: int = 0
+    descriptor: Descriptor, bound: set[str], schemas: MessageSchemas, prefix: str = "", depth: int = 0
 ):
     parameters = []
     for field in descriptor.fields:
@@ -131,30 +28,34 @@ def _query_parameters(
         if path in bound:
             continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry or field.message_type.full_name in _WELL_KNOWN:
+            if field.message_type.GetOptions().map_entry or field.message_type.full_name in WELL_KNOWN_TYPES:
                 continue
             if depth < 3 and not field.is_repeated:
                 parameters += _query_parameters(field.message_type, bound, schemas, path + ".", depth + 1)
             continue
-        schema = schemas.single(field)
-        if field.is_repeated:
-            schema = {"type": "array", "items": schema}
-        parameters.append({"name": path, "in": "query", "required": False, "schema": schema})
+        parameters.append(
+            {"name": path, "in": "query", "required": must_be_given(field), "schema": schemas.parameter(field)}
+        )
     return parameters
 
 
 def _error_response(description: str) -> dict:
     return {
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": _REF + ERROR_SCHEMA}}},
+        "content": {"application/json": {"schema": {"$ref": REF + ERROR_SCHEMA}}},
     }
 
 
-def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper) -> dict:
+def _operation(binding: Binding, schemas: MessageSchemas, gatekeeper: Gatekeeper) -> dict:
     method = binding.method
     path_fields = {variable.field_path for variable in binding.variables}
     parameters = [
-        {"name": variable.field_path, "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": variable.field_path,
+            "in": "path",
+            "required": True,
+            "schema": schemas.parameter(field_at(method.input_type, variable.field_path)),
+        }
         for variable in binding.variables
     ]
     operation: dict = {
@@ -212,13 +113,15 @@ def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper) -> d
     return operation
 
 
-def openapi_document(bindings: list[Binding], operations_routes: tuple[str, ...], gatekeeper: Gatekeeper) -> dict:
-    schemas = _Schemas()
+def openapi_document(bindings: list[Binding], operations_routes: tuple, gatekeeper: Gatekeeper) -> dict:
+    """The document of `bindings` and of the gateway's `operations_routes`
+    (gateway/operations.py's OPERATIONS_ROUTES), as `gatekeeper` secures them."""
+    schemas = MessageSchemas()
     paths: dict[str, dict] = {}
     for binding in bindings:
         paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(binding, schemas, gatekeeper)
-    for path in operations_routes:
-        description, schema = _OPERATIONS[path]
+    for route in operations_routes:
+        path, description, schema = route.path, route.summary, route.schema
         content = (
             {"application/json": {"schema": schema}}
             if schema is not None

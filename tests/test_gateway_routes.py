@@ -65,9 +65,20 @@ def test_check_availability_takes_items_or_the_flat_form(client):
     assert flat.get_json()["available"] is False
 
 
-def test_get_on_the_check_route_is_a_product_lookup_not_a_405(client):
-    # GET /inventory/check matches /inventory/{product_id}: no product "check".
-    assert_error(client.get("/inventory/check"), 404, "NOT_FOUND", "NOT_FOUND")
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+def test_the_check_route_answers_other_methods_405_allowing_post(client, method):
+    # "check" is no product id (declared in the proto): /inventory/check is POST's alone.
+    response = client.open("/inventory/check", method=method, json={"name": "x"}, headers=admin_headers())
+    assert_error(response, 405, "UNIMPLEMENTED", "METHOD_NOT_ALLOWED")
+    assert "POST" in response.headers["Allow"].split(", ")
+    assert "GET" not in response.headers["Allow"] and "PUT" not in response.headers["Allow"]
+
+
+def test_check_is_no_product_id_under_any_route(client):
+    adjust = client.post("/inventory/check/adjustments", json={"delta": 1}, headers=admin_headers())
+    assert_error(adjust, 404, "NOT_FOUND", "NOT_FOUND")
+    # A product whose id only starts or ends with the word is a product like any other.
+    assert_error(client.get("/inventory/checks"), 404, "NOT_FOUND", "NOT_FOUND")
 
 
 def test_admin_upsert_creates_a_product(client):
@@ -173,7 +184,7 @@ def test_list_payments_of_an_order(client, charged):
     assert payment["amount_cents"] == 3998 and type(payment["amount_cents"]) is int
     assert payment["status"] == "CAPTURED"
     assert payment["card_brand"] == "visa"
-    assert RFC3339_UTC.match(payment["created_at"])
+    assert RFC3339_UTC.fullmatch(payment["created_at"])
 
 
 def test_get_payment_by_id(client, charged):
@@ -201,7 +212,7 @@ def test_create_order_answers_201_with_location_and_the_order(client, orders):
     order = response.get_json()
     assert order["status"] == "CONFIRMED"
     assert order["total_cents"] == 3998 and type(order["total_cents"]) is int
-    assert RFC3339_UTC.match(order["created_at"]) and RFC3339_UTC.match(order["updated_at"])
+    assert RFC3339_UTC.fullmatch(order["created_at"]) and RFC3339_UTC.fullmatch(order["updated_at"])
     (name, request, _metadata) = orders.calls[-1]
     assert name == "CreateOrder"
     assert (request.product_id, request.quantity, request.customer_id) == ("P001", 2, "C123")
