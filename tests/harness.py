@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
+from launcher.stack import free_port_base
 from plumbing import db
 from plumbing.channels import dial
 from plumbing.server import Service, ShopServer
@@ -341,9 +342,9 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        # Below the ephemeral range: while the proxy is down, no port-0
+        # server or outgoing connection of another test takes its port.
+        self.port = free_port_base()
 
     def __enter__(self) -> "TcpProxy":
         return self.up()

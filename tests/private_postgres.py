@@ -12,7 +12,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from launcher import databases
+from launcher.stack import free_port_base
 
 BIN_DIR_PATTERNS = ("/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin", "/opt/homebrew/opt/postgresql*/bin")
 
@@ -52,12 +52,6 @@ def _unavailable(why: str):
     pytest.skip(why)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class PrivatePostgres:
     bin_dir: str
@@ -79,7 +73,7 @@ class PrivatePostgres:
         if user is not None:
             entry = pwd.getpwnam(user)
             os.chown(base, entry.pw_uid, entry.pw_gid)
-        cluster = cls(bin_dir, os.path.join(base, "data"), free_port(), user)
+        cluster = cls(bin_dir, os.path.join(base, "data"), free_port_base(), user)
         made = cluster._run("initdb", "-D", cluster.data_dir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         if made.returncode != 0:
             shutil.rmtree(base, ignore_errors=True)

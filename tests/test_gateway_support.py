@@ -11,7 +11,6 @@ give on cue.
 import contextlib
 import dataclasses
 import os
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from google.protobuf import timestamp_pb2
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from launcher.stack import free_port_base
 from plumbing.config import LogConfig, UpstreamConfig
 from plumbing.errors import ShopError
 from plumbing.server import Service, ShopServer
@@ -102,10 +102,9 @@ def start_scripted_orders() -> tuple[ShopServer, ScriptedOrders]:
 
 
 def unused_address() -> str:
-    """An address where nothing listens: a port bound, then let go."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
+    """An address where nothing listens (below the ephemeral range, where no
+    port-0 server of another test lands)."""
+    return f"127.0.0.1:{free_port_base()}"
 
 
 @contextlib.contextmanager

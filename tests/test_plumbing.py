@@ -21,6 +21,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from launcher.stack import free_port_base
 from plumbing import deadlines
 from plumbing.channels import open_channel, resolve_target
 from plumbing.logs import JsonFormatter, TextFormatter, request_id_var
@@ -318,14 +319,8 @@ def test_a_request_id_not_in_the_accepted_form_is_replaced_by_a_fresh_one(invent
     assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_turns_health_not_serving_then_drains_and_exits(tmp_path):
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_port_base(), free_port_base()
     env = dict(
         os.environ,
         INVENTORY_PORT=str(port),
@@ -402,7 +397,7 @@ def test_make_run_tls_hands_each_process_its_own_certificate_and_one_ca(tmp_path
 def test_processes_serve_one_port_share_the_database_and_stop_together(tmp_path):
     """PROCESSES=2: two copies of the service on its one port, one metrics
     port for both, and SIGTERM stops the group gracefully."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_port_base(), free_port_base()
     env = dict(os.environ, INVENTORY_PORT=str(port), METRICS_PORT=str(metrics_port), DATA_DIR=str(tmp_path),
                PROCESSES="2", LOG_FORMAT="json")  # fmt: skip
     log_path = tmp_path / "group.log"
@@ -474,7 +469,7 @@ def test_a_service_stopped_by_a_burst_of_signals_still_exits(tmp_path):
     """A process group stopped twice over (make run's group and its parent
     both passing SIGTERM on) sends a service several signals at once: each
     must leave it stopping, never deadlocked in its own handler."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_port_base(), free_port_base()
     env = dict(os.environ, INVENTORY_PORT=str(port), METRICS_PORT=str(metrics_port), DATA_DIR=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "inventory_svc"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
