@@ -19,7 +19,7 @@ from inventory_svc.stock import (
     Reservation,
     ReservedLine,
 )
-from plumbing import db
+from plumbing import db, migrations
 from plumbing.errors import ShopError, failed_precondition, invalid_argument, not_found
 from plumbing.timestamps import utc_now
 
@@ -108,7 +108,7 @@ class InventoryStore:
 
     def migrate(self) -> None:
         """The schema, and the seed catalog into an empty database."""
-        db.migrate(self.engine, metadata, MIGRATIONS, seed=_seed if self.seed else None)
+        migrations.migrate(self.engine, metadata, MIGRATIONS, seed=_seed if self.seed else None)
 
     # Catalog
 

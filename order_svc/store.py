@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from order_svc.model import Cursor, Failure, Order, OrderItem, OrderStatus, Step
-from plumbing import db
+from plumbing import db, migrations
 from plumbing.timestamps import as_utc, utc_now
 
 metadata = sa.MetaData()
@@ -186,7 +186,7 @@ class OrderStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        db.migrate(self.engine, metadata, MIGRATIONS)
+        migrations.migrate(self.engine, metadata, MIGRATIONS)
 
     # Placing
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from payment_svc import charges, metrics
 from payment_svc.charges import Authorization, Payment, PaymentMethod, PaymentStatus
-from plumbing import db
+from plumbing import db, migrations
 from plumbing.errors import ShopError, failed_precondition, not_found
 from plumbing.timestamps import as_utc, utc_now
 
@@ -77,8 +77,8 @@ MIGRATIONS = (
     lambda conn: metadata.create_all(conn),
     # Owners (AUTH=jwt): a customer sees and charges only their own.
     lambda conn: (
-        db.add_missing_columns(conn, payment_methods, "customer_id"),
-        db.add_missing_columns(conn, payments, "customer_id"),
+        migrations.add_missing_columns(conn, payment_methods, "customer_id"),
+        migrations.add_missing_columns(conn, payments, "customer_id"),
     ),
 )
 
@@ -121,7 +121,7 @@ class PaymentStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        db.migrate(self.engine, metadata, MIGRATIONS)
+        migrations.migrate(self.engine, metadata, MIGRATIONS)
 
     # Payment methods
 

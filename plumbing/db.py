@@ -1,7 +1,7 @@
 """Storage plumbing on SQLAlchemy Core: one engine per service database,
 embedded SQLite by default, PostgreSQL when replicas share state.
 
-Tables, statements and migrations are SQLAlchemy Core; the stores' reads and
+Tables, statements and migrations (plumbing/migrations.py) are SQLAlchemy Core; the stores' reads and
 writes (db.read, db.write) run those statements on the driver's own
 connection, each compiled once (plumbing/statements.py), because SQLAlchemy's
 per-execution work cost ten times the statements on the hot paths.
@@ -29,15 +29,14 @@ import pathlib
 import sqlite3
 import threading
 import weakref
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 
 import grpc
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from plumbing.deadlines import MARGIN_S, deadline_from_remaining, deadline_var, remaining_s
 from plumbing.errors import DatabaseUnavailable, database_unavailable
@@ -131,7 +130,8 @@ def _database_locked() -> DatabaseUnavailable:
 
 
 @contextlib.contextmanager
-def _raising_unavailable() -> Iterator[None]:
+def raising_unavailable() -> Iterator[None]:
+    """A transient database failure inside, raised as DatabaseUnavailable."""
     try:
         yield
     except Exception as error:
@@ -311,7 +311,7 @@ def write(engine: Engine) -> Iterator[Tx]:
     """A write transaction: committed on success, rolled back on error;
     DatabaseUnavailable when the database is away."""
     database = _database(engine)
-    with _raising_unavailable():
+    with raising_unavailable():
         if not database.sqlite:
             with _transaction(engine, database) as tx:
                 yield tx
@@ -336,7 +336,7 @@ def read(engine: Engine) -> Iterator[Tx]:
     """A read-only transaction: one consistent snapshot; DatabaseUnavailable
     when the database is away."""
     database = _database(engine)
-    with _raising_unavailable(), _transaction(engine, database) as tx:
+    with raising_unavailable(), _transaction(engine, database) as tx:
         yield tx
 
 
@@ -424,56 +424,3 @@ def _insert_if_absent(dialect_name: str, table: sa.Table) -> sa.Insert:
     # SQLAlchemy's compiled cache keys on them.
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
-
-
-def migrate(
-    engine: Engine,
-    metadata: sa.MetaData,
-    migrations: Sequence[Callable[[Connection], None]],
-    seed: Callable[[Connection], None] | None = None,
-) -> None:
-    """Apply the versioned migrations not yet applied, then the seed, under
-    one lock, so replicas starting together do it once.
-
-    Migration N is migrations[N-1]; schema_migrations records the version.
-    The lock is BEGIN IMMEDIATE on SQLite and a transaction-scoped advisory
-    lock on PostgreSQL (keyed by the tables' names, one per service).
-    """
-    versions = sa.Table(
-        "schema_migrations",
-        sa.MetaData(),
-        sa.Column("version", sa.Integer, primary_key=True),
-        sa.Column("applied_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
-    )
-    with (
-        _raising_unavailable(),
-        engine.connect().execution_options(sqlite_immediate=True) as conn,
-        conn.begin(),
-    ):
-        if engine.dialect.name == "postgresql":
-            key = zlib.crc32(",".join(sorted(metadata.tables)).encode())
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-        versions.create(conn, checkfirst=True)
-        applied = set(conn.execute(sa.select(versions.c.version)).scalars())
-        for version, migration in enumerate(migrations, start=1):
-            if version not in applied:
-                migration(conn)
-                conn.execute(versions.insert().values(version=version))
-        if seed is not None:
-            seed(conn)
-
-
-def add_missing_columns(conn: Connection, table: sa.Table, *names: str) -> None:
-    """ALTER TABLE ... ADD COLUMN for each named (nullable) column of `table`
-    that the database's table lacks. A migration that adds columns with it
-    upgrades a database made before them, and passes over a new one, whose
-    first migration (create_all) made them already."""
-    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
-    quote = conn.dialect.identifier_preparer.quote
-    for name in names:
-        column = table.c[name]
-        if not column.nullable or column.server_default is not None:
-            raise ValueError(f"{table.name}.{name}: only nullable columns without a default are added here")
-        if name not in present:
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.execute(sa.text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {kind}"))

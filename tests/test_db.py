@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from plumbing import db, deadlines
+from plumbing import db, deadlines, migrations
 from plumbing.errors import DatabaseUnavailable
 from tests import harness
 
@@ -27,7 +27,7 @@ counters = sa.Table(
 @pytest.fixture
 def engine(tmp_path):
     engine = db.open_engine(f"sqlite:///{tmp_path}/db.sqlite")
-    db.migrate(engine, metadata, (lambda conn: metadata.create_all(conn),))
+    migrations.migrate(engine, metadata, (lambda conn: metadata.create_all(conn),))
     yield engine
     engine.dispose()
 
@@ -180,7 +180,7 @@ def test_transient_database_errors_are_retryable_statuses_and_bugs_are_not(error
 @pytest.fixture
 def pg_engine(private_postgres):
     engine = db.open_engine(private_postgres.new_database("db_test"), pool_size=4)
-    db.migrate(engine, metadata, (lambda conn: metadata.create_all(conn),))
+    migrations.migrate(engine, metadata, (lambda conn: metadata.create_all(conn),))
     with db.write(engine) as conn:
         conn.execute(counters.insert().values(name="n", value=0))
     yield engine

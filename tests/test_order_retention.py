@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from order_svc import store as order_store
 from order_svc.saga import OrderSaga
 from order_svc.store import OrderStore, orders
-from plumbing import db
+from plumbing import db, migrations
 from plumbing.config import ConfigError, OrderConfig
 from plumbing.timestamps import utc_now
 from shop.order.v1 import order_pb2 as pb
@@ -120,7 +120,7 @@ def test_keys_are_forgotten_in_batches_by_replicas_side_by_side(shop):
 def test_an_order_database_from_before_the_retention_gets_its_index(database_url):
     engine = db.open_engine(database_url("order"))
     try:
-        db.migrate(engine, order_store.metadata, order_store.MIGRATIONS[:1])
+        migrations.migrate(engine, order_store.metadata, order_store.MIGRATIONS[:1])
         with engine.begin() as conn:
             conn.execute(sa.text("DROP INDEX orders_keyed_by_time"))
         OrderStore(engine).migrate()

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from payment_svc import store as payment_store
-from plumbing import db
+from plumbing import db, migrations
 from plumbing.identity import ADMIN_SCOPE, Caller
 from shop.inventory.v1 import inventory_pb2 as inv
 from shop.order.v1 import order_pb2 as pb
@@ -246,7 +246,7 @@ def test_a_payment_database_from_before_owners_upgrades_and_its_rows_stay_admin_
     url = database_url("payment")
     engine = db.open_engine(url)
     # The database as the first migration made it, with one method in it.
-    db.migrate(engine, payment_store.metadata, payment_store.MIGRATIONS[:1])
+    migrations.migrate(engine, payment_store.metadata, payment_store.MIGRATIONS[:1])
     with engine.begin() as conn:
         for table in (payment_store.payment_methods, payment_store.payments):
             conn.execute(sa.text(f"ALTER TABLE {table.name} DROP COLUMN customer_id"))
