@@ -270,7 +270,7 @@ class OrderStore:
     def advance(
         self,
         order_id: str,
-        expected: tuple[str, str],
+        expected: tuple[OrderStatus, Step],
         owner: str | None,
         lease_until: dt.datetime | None,
         failure: Failure | None = None,
