@@ -5,6 +5,9 @@ valid product field is, is declared in the proto (UpsertProductRequest)."""
 from collections import Counter
 from dataclasses import dataclass
 
+from plumbing.messages import names_of
+from shop.inventory.v1 import inventory_pb2
+
 
 @dataclass(frozen=True)
 class Product:
@@ -30,7 +33,9 @@ class Reservation:
     lines: tuple[ReservedLine, ...]
 
 
-RESERVED, RELEASED = "RESERVED", "RELEASED"
+# The proto's reservation statuses, by name.
+ReservationStatus = names_of(inventory_pb2.ReservationStatus, "ReservationStatus")
+RESERVED, RELEASED = ReservationStatus.RESERVED, ReservationStatus.RELEASED
 
 SEED_CATALOG = (
     Product("P001", "Wireless Mouse", 1999, "USD", 100),

@@ -20,19 +20,14 @@ from typing import Protocol
 import grpc
 
 from plumbing.errors import ShopError
+from plumbing.messages import names_of
 from shop.order.v1 import order_pb2
 from shop.payment.v1 import payment_pb2
 
-
-def _names_of(proto_enum) -> list[tuple[str, str]]:
-    """A proto enum's names, but its zero value (..._UNSPECIFIED, never set)."""
-    return [(name, name) for name, number in proto_enum.items() if number != 0]
-
-
 # PENDING (the saga is in flight), CONFIRMED, PAYMENT_FAILED, FAILED, CANCELLED.
-OrderStatus = enum.StrEnum("OrderStatus", _names_of(order_pb2.OrderStatus))
+OrderStatus = names_of(order_pb2.OrderStatus, "OrderStatus")
 # A payment of the order, as the payment service reports it: CAPTURED, DECLINED, REFUNDED.
-PaymentStatus = enum.StrEnum("PaymentStatus", _names_of(payment_pb2.PaymentStatus))
+PaymentStatus = names_of(payment_pb2.PaymentStatus, "PaymentStatus")
 
 
 class Step(enum.StrEnum):

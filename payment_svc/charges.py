@@ -8,16 +8,15 @@ message here ever quotes either.
 """
 
 import datetime as dt
-import enum
 import secrets
 from dataclasses import dataclass
 
+from plumbing.messages import names_of
 from plumbing.validation import Violations
 from shop.payment.v1 import payment_pb2
 
-# The proto's payment statuses (CAPTURED, DECLINED, REFUNDED), by name, as
-# they are stored: all but its zero value, ..._UNSPECIFIED, never set.
-PaymentStatus = enum.StrEnum("PaymentStatus", [(n, n) for n, v in payment_pb2.PaymentStatus.items() if v != 0])
+# The proto's payment statuses (CAPTURED, DECLINED, REFUNDED), by name.
+PaymentStatus = names_of(payment_pb2.PaymentStatus, "PaymentStatus")
 
 # How the simulated processor treats a card, decided when it is tokenized.
 APPROVE = "approve"

@@ -319,6 +319,15 @@ def test_a_request_id_not_in_the_accepted_form_is_replaced_by_a_fresh_one(invent
     assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"])
 
 
+def wait_until_serving(channel, within_s: float = 30) -> None:
+    """Until the service answers SERVING: its port opens before its
+    database is prepared, and until then it is NOT_SERVING."""
+    give_up = time.monotonic() + within_s
+    while health_of(channel, SERVICE) != health_pb2.HealthCheckResponse.SERVING:
+        assert time.monotonic() < give_up, "the service never turned SERVING"
+        time.sleep(0.05)
+
+
 def test_sigterm_turns_health_not_serving_then_drains_and_exits(tmp_path):
     port, metrics_port = free_port_base(), free_port_base()
     env = dict(
@@ -333,7 +342,7 @@ def test_sigterm_turns_health_not_serving_then_drains_and_exits(tmp_path):
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         grpc.channel_ready_future(channel).result(timeout=30)
-        assert health_of(channel) == health_pb2.HealthCheckResponse.SERVING
+        wait_until_serving(channel)
         proc.send_signal(signal.SIGTERM)
         statuses = set()
         give_up = time.monotonic() + 20
@@ -406,6 +415,7 @@ def test_processes_serve_one_port_share_the_database_and_stop_together(tmp_path)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=30)
+        wait_until_serving(channel)
         (started,) = [json.loads(line) for line in open(log_path) if "serving as a group" in line]
         copies = started["processes"]
         assert len(copies) == 2
