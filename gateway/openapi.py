@@ -3,16 +3,12 @@ and message descriptors the gateway serves from, so it cannot drift."""
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from gateway.auth import Demand, Gatekeeper
-from gateway.errors import HTTP_STATUS_BY_REASON
+from gateway import openapi_operations as operations
+from gateway.auth import Gatekeeper
+from gateway.openapi_examples import OPERATIONS_EXAMPLES
 from gateway.transcoding import Binding
-from plumbing.identity import ADMIN_SCOPE
 
-_REF = "#/components/schemas/"
-ERROR_SCHEMA = "Error"
-# The bearer scheme of each AUTH mode: ADMIN_TOKEN (off) or a JWT (jwt).
-ADMIN_TOKEN_SCHEME = "adminToken"
-JWT_SCHEME = "bearerJwt"
+_REF = operations.REF
 
 _SCALARS = {
     FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
@@ -143,14 +139,7 @@ def _query_parameters(
     return parameters
 
 
-def _error_response(description: str) -> dict:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": _REF + ERROR_SCHEMA}}},
-    }
-
-
-def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper) -> dict:
+def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper, shadowed_by: list[str]) -> dict:
     method = binding.method
     path_fields = {variable.field_path for variable in binding.variables}
     parameters = [
@@ -158,7 +147,7 @@ def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper) -> d
         for variable in binding.variables
     ]
     operation: dict = {
-        "operationId": binding.endpoint,
+        "operationId": operations.operation_id(binding),
         "tags": [binding.backend],
         "summary": f"{method.containing_service.full_name}.{method.name}",
         "parameters": parameters,
@@ -167,7 +156,7 @@ def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper) -> d
         body_schema = schemas.message(method.input_type, leave_out=path_fields)
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": body_schema}},
+            "content": {"application/json": {"schema": body_schema, **operations.request_example(binding)}},
         }
     elif binding.body:
         field = method.input_type.fields_by_name[binding.body]
@@ -178,100 +167,89 @@ def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper) -> d
         parameters += _query_parameters(method.input_type, path_fields | {binding.body}, schemas)
     else:
         parameters += _query_parameters(method.input_type, path_fields, schemas)
+    parameters += operations.request_headers(binding)
     if binding.options.refused_fields:
         operation["description"] = " ".join(
             f"A `{refused.name}` field is refused (400): {refused.message}."
             for refused in binding.options.refused_fields
         )
-    success: dict = {
-        "description": "Created" if binding.options.created else "OK",
-        "content": {"application/json": {"schema": schemas.ref(method.output_type)}},
-    }
-    if binding.options.location:
-        success["headers"] = {
-            "Location": {"schema": {"type": "string"}, "description": binding.options.location}
-        }
-    responses = {str(binding.success_status): success}
     # Secured exactly where the gateway refuses a request without credentials.
     demand = gatekeeper.demand(binding)
-    if demand is not Demand.NOTHING and not gatekeeper.jwt:
-        operation["security"] = [{ADMIN_TOKEN_SCHEME: []}]
-        responses["401"] = _error_response("Missing or wrong admin token")
-        responses["403"] = _error_response("Admin routes are disabled (no ADMIN_TOKEN)")
-    elif demand is not Demand.NOTHING:
-        operation["security"] = [{JWT_SCHEME: []}]
-        responses["401"] = _error_response("No token, or a bad or expired one")
-        if demand is Demand.ADMIN:
-            responses["403"] = _error_response(f"A token without the {ADMIN_SCOPE} scope")
-        elif "customer_id" in binding.method.input_type.fields_by_name:
-            responses["403"] = _error_response("customer_id names another customer")
-    responses["429"] = _error_response("Over the rate limit (see Retry-After)")
-    responses["503"] = _error_response("A backend or its database is unavailable for now (see Retry-After)")
-    responses["default"] = _error_response("An error in the API's error shape")
+    security = operations.security(demand, gatekeeper.jwt)
+    if security is not None:
+        operation["security"] = security
+    responses = operations.transcoded_responses(binding, demand, gatekeeper.jwt, shadowed_by)
+    responses[str(binding.success_status)]["content"]["application/json"]["schema"] = schemas.ref(method.output_type)
     operation["responses"] = responses
     return operation
+
+
+def _shadowing_paths(binding: Binding, bindings: list[Binding]) -> list[str]:
+    """The other routes' paths that a value of `binding`'s path variables can
+    name (/inventory/check for /inventory/{product_id}) where `binding`'s
+    verb is not served: such a request answers 405, not this operation."""
+    segments = binding.template.strip("/").split("/")
+    served = {(other.template, other.verb) for other in bindings}
+    shadowing = []
+    for other in bindings:
+        others = other.template.strip("/").split("/")
+        if other.template == binding.template or len(others) != len(segments):
+            continue
+        if (other.template, binding.verb) in served or other.template in shadowing:
+            continue
+        if all(
+            mine == theirs or (mine.startswith("{") and not theirs.startswith("{"))
+            for mine, theirs in zip(segments, others, strict=True)
+        ):
+            shadowing.append(other.template)
+    return shadowing
 
 
 def openapi_document(bindings: list[Binding], operations_routes: tuple[str, ...], gatekeeper: Gatekeeper) -> dict:
     schemas = _Schemas()
     paths: dict[str, dict] = {}
     for binding in bindings:
-        paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(binding, schemas, gatekeeper)
+        paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(
+            binding, schemas, gatekeeper, _shadowing_paths(binding, bindings)
+        )
     for path in operations_routes:
         description, schema = _OPERATIONS[path]
         content = (
-            {"application/json": {"schema": schema}}
+            {"application/json": {"schema": schema, **_example(OPERATIONS_EXAMPLES.get(path))}}
             if schema is not None
             else {"text/plain": {"schema": {"type": "string"}}}
         )
-        responses = {"200": {"description": description, "content": content}}
-        if path == "/ready":
-            responses["503"] = _error_response("A backend is not SERVING; the body lists each backend")
-        responses["default"] = _error_response("An error in the API's error shape")
         paths[path] = {
             "get": {
-                "operationId": "operations_"
-                + path.strip("/").replace("/", "_").replace("-", "_").replace(".", "_"),
+                "operationId": operations.OPERATION_IDS[path],
                 "tags": ["operations"],
                 "summary": description,
-                "responses": responses,
+                "parameters": operations.request_headers(None),
+                "responses": operations.operations_route_responses(path, description, content),
             }
         }
-    schemas.components[ERROR_SCHEMA] = {
-        "type": "object",
-        "required": ["error", "request_id"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "status", "reason", "message", "details"],
-                "properties": {
-                    "code": {"type": "integer", "description": "the HTTP status"},
-                    "status": {"type": "string", "description": "the gRPC code name"},
-                    "reason": {
-                        "type": "string",
-                        "description": "a stable UPPER_SNAKE cause, e.g. " + ", ".join(HTTP_STATUS_BY_REASON),
-                    },
-                    "message": {"type": "string"},
-                    "details": {"type": "array", "items": {"type": "object", "additionalProperties": True}},
-                },
-            },
-            "request_id": {"type": "string"},
-        },
-    }
+    schemas.components[operations.ERROR_SCHEMA] = operations.error_schema()
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "Shop REST gateway",
             "version": "1.0.0",
-            "description": "Generated from the google.api.http annotations of the shop's protos.",
+            "description": "Generated from the google.api.http annotations of the shop's protos. "
+            + (
+                "AUTH=jwt: every route but the catalog and the operations routes takes a customer's JWT."
+                if gatekeeper.jwt
+                else "AUTH=off: only the admin routes take a token (ADMIN_TOKEN)."
+            ),
         },
         "paths": paths,
         "components": {
             "schemas": schemas.components,
-            "securitySchemes": (
-                {JWT_SCHEME: {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
-                if gatekeeper.jwt
-                else {ADMIN_TOKEN_SCHEME: {"type": "http", "scheme": "bearer"}}
-            ),
+            "headers": operations.header_components(),
+            "parameters": operations.parameter_components(),
+            "securitySchemes": operations.security_schemes(gatekeeper.jwt),
         },
     }
+
+
+def _example(example) -> dict:
+    return {"example": example} if example is not None else {}
