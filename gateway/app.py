@@ -1,6 +1,6 @@
 """The REST gateway's Flask application: routes transcoded from the protos'
 HTTP annotations (each admitting its caller: gateway/auth.py), the
-operations routes, and the hooks every request passes through (request id,
+operations routes (gateway/operations.py), and the hooks every request passes through (request id,
 body limit, rate limit, metrics, one access-log line, an audit line for
 admin routes)."""
 
@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
-import orjson
 from flask import Flask, current_app, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -20,8 +19,9 @@ from gateway import metrics, ratelimit
 from gateway.auth import Demand, Gatekeeper
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, from_upstream, gateway_error, invalid_argument
-from gateway.mesh import check_backends, overall_status, service_status
-from gateway.openapi import openapi_document
+from gateway.operations import OPERATIONS_ROUTES, UNLIMITED_PATHS
+from gateway.operations import blueprint as operations_blueprint
+from gateway.responses import json_response
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
 from plumbing import tracing
@@ -37,15 +37,6 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # Requests with any other method are counted under this one label.
 OTHER_METHOD = "OTHER"
 
-# Not rate limited, not transcoded: the gateway's own operations routes.
-OPERATIONS_ROUTES = (
-    "/health",
-    "/ready",
-    "/metrics",
-    "/mesh/traffic-stats",
-    "/mesh/service-status",
-    "/openapi.json",
-)
 
 
 @dataclass
@@ -120,7 +111,9 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
             methods=[binding.verb],
         )
         gateway.routes[binding.endpoint] = binding.template
-    _add_operations_routes(app, gateway)
+    app.register_blueprint(operations_blueprint)
+    for route in OPERATIONS_ROUTES:
+        gateway.routes[route.endpoint] = route.path
     gateway.methods = frozenset(method for rule in app.url_map.iter_rules() for method in rule.methods or ())
 
     app.register_error_handler(HTTPException, _http_error)
@@ -152,7 +145,7 @@ def _begin_request() -> None:
         state.span, state.span_token = tracing.start_server_span(
             f"{req.method} {route}", req.headers, {"http.request.method": req.method, "http.route": route}
         )
-    if route not in OPERATIONS_ROUTES:
+    if route not in UNLIMITED_PATHS:
         # Unknown routes count too: probing paths spends the budget.
         state.rate_limit = verdict = gateway.rate_limit.check(req.remote_addr or "")
         if not verdict.allowed:
@@ -261,7 +254,7 @@ def _transcoder(binding: Binding, demand: Demand):
             g.upstream_code = api_error.upstream_code
             raise api_error from None
         g.upstream_code = grpc.StatusCode.OK.name
-        answer = _json_response(response_json(binding, response), binding.success_status)
+        answer = json_response(response_json(binding, response), binding.success_status)
         location = location_for(binding, response)
         if location:
             answer.headers["Location"] = location
@@ -303,85 +296,11 @@ def _outgoing_metadata(caller: Caller | None) -> list[tuple[str, str]]:
     return metadata
 
 
-# --- operations routes -------------------------------------------------------
-
-
-def _add_operations_routes(app: Flask, gateway: Gateway) -> None:
-    services = {name: service.full_name for name, service in SERVICES.items()}
-
-    def health():
-        return _json_response({"status": "ok"})
-
-    def ready():
-        reports = check_backends(gateway.upstreams, [("x-request-id", g.request_id)])
-        status = overall_status(reports)
-        body = {
-            "status": "ready" if status == "SERVING" else "not_ready",
-            "backends": {report.backend.name: report.to_json() for report in reports},
-        }
-        if status != "SERVING":
-            down = ", ".join(
-                f"{r.backend.name} ({r.detail})" if r.detail else r.backend.name for r in reports if r.status != "SERVING"
-            )
-            error = gateway_error(grpc.StatusCode.UNAVAILABLE, f"not ready: {down} not serving", "NOT_READY")
-            body.update(error.body(g.request_id))
-            return _json_response(body, 503)
-        return _json_response(body)
-
-    def prometheus_metrics():
-        return app.response_class(metrics.exposition(), content_type=metrics.EXPOSITION_CONTENT_TYPE)
-
-    def traffic_stats():
-        return _json_response(metrics.traffic_stats(gateway.started_at, services))
-
-    def mesh_service_status():
-        return _json_response(service_status(gateway.upstreams, [("x-request-id", g.request_id)]))
-
-    def openapi():
-        return _json_response(openapi_document(gateway.bindings, OPERATIONS_ROUTES, gateway.gatekeeper))
-
-    views = {
-        "/health": health,
-        "/ready": ready,
-        "/metrics": prometheus_metrics,
-        "/mesh/traffic-stats": traffic_stats,
-        "/mesh/service-status": mesh_service_status,
-        "/openapi.json": openapi,
-    }
-    for path, view in views.items():
-        app.add_url_rule(path, endpoint=view.__name__, view_func=_taking_no_query(view), methods=["GET"])
-        gateway.routes[view.__name__] = path
-
-
-def _taking_no_query(view):
-    """The operations routes take no query parameters: as on every route, an
-    unknown one is a 400, not silently ignored."""
-
-    def checked():
-        names = sorted(set(request.args))
-        if names:
-            violations = [(name, "unknown query parameter") for name in names]
-            raise invalid_argument("; ".join(f"{n}: {d}" for n, d in violations), violations)
-        return view()
-
-    checked.__name__ = view.__name__
-    return checked
-
-
 # --- responses and errors ----------------------------------------------------
 
 
-def _json_response(body, status: int = 200, headers: dict[str, str] | None = None):
-    response = current_app.response_class(
-        orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE), status=status, mimetype="application/json"
-    )
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
 def _api_error(error: ApiError):
-    return _json_response(error.body(g.get("request_id", "")), error.http_status, error.headers)
+    return json_response(error.body(g.get("request_id", "")), error.http_status, error.headers)
 
 
 def _http_error(error: HTTPException):

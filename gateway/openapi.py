@@ -7,85 +7,17 @@ from gateway import openapi_operations as operations
 from gateway.auth import Gatekeeper
 from gateway.openapi_examples import OPERATIONS_EXAMPLES
 from gateway.transcoding import Binding
+from gateway.transcoding.json_types import SCALAR_SCHEMAS, WELL_KNOWN_TYPES
 
 _REF = operations.REF
-
-_SCALARS = {
-    FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
-    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0},
-    FieldDescriptor.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0},
-    # The gateway renders 64-bit integers as JSON numbers, not proto3's strings.
-    FieldDescriptor.TYPE_INT64: {"type": "integer", "format": "int64"},
-    FieldDescriptor.TYPE_SINT64: {"type": "integer", "format": "int64"},
-    FieldDescriptor.TYPE_SFIXED64: {"type": "integer", "format": "int64"},
-    FieldDescriptor.TYPE_UINT64: {"type": "integer", "format": "int64", "minimum": 0},
-    FieldDescriptor.TYPE_FIXED64: {"type": "integer", "format": "int64", "minimum": 0},
-    FieldDescriptor.TYPE_DOUBLE: {"type": "number", "format": "double"},
-    FieldDescriptor.TYPE_FLOAT: {"type": "number", "format": "float"},
-    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
-    FieldDescriptor.TYPE_STRING: {"type": "string"},
-    FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte"},
-}
-_WELL_KNOWN = {
-    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-    "google.protobuf.Duration": {"type": "string", "example": "1.5s"},
-    "google.protobuf.FieldMask": {"type": "string"},
-    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
-    "google.protobuf.Value": {},
-    "google.protobuf.ListValue": {"type": "array", "items": {}},
-    "google.protobuf.Any": {"type": "object", "additionalProperties": True},
-    "google.protobuf.Empty": {"type": "object"},
-    "google.protobuf.DoubleValue": {"type": "number"},
-    "google.protobuf.FloatValue": {"type": "number"},
-    "google.protobuf.Int64Value": {"type": "integer", "format": "int64"},
-    "google.protobuf.UInt64Value": {"type": "integer", "format": "int64", "minimum": 0},
-    "google.protobuf.Int32Value": {"type": "integer", "format": "int32"},
-    "google.protobuf.UInt32Value": {"type": "integer", "format": "int64", "minimum": 0},
-    "google.protobuf.BoolValue": {"type": "boolean"},
-    "google.protobuf.StringValue": {"type": "string"},
-    "google.protobuf.BytesValue": {"type": "string", "format": "byte"},
-}
-
-_OPERATIONS = {
-    "/health": (
-        "Liveness of the gateway process",
-        {"type": "object", "properties": {"status": {"type": "string"}}},
-    ),
-    "/ready": (
-        "200 when every backend's standard health check answers SERVING, else 503",
-        {"type": "object", "properties": {"status": {"type": "string"}, "backends": {"type": "object"}}},
-    ),
-    "/metrics": ("Prometheus text exposition", None),
-    "/mesh/traffic-stats": (
-        "Uptime, request totals and per-upstream requests, errors, success rate and latency",
-        {
-            "type": "object",
-            "properties": {
-                "started_at": {"type": "string", "format": "date-time"},
-                "uptime_seconds": {"type": "number"},
-                "total_requests": {"type": "integer"},
-                "rate_limited_requests": {"type": "integer"},
-                "upstreams": {"type": "object"},
-            },
-        },
-    ),
-    "/mesh/service-status": (
-        "Each backend's address, health status and check latency, and an overall status",
-        {"type": "object", "properties": {"overall": {"type": "string"}, "backends": {"type": "object"}}},
-    ),
-    "/openapi.json": ("This document", {"type": "object"}),
-}
-
 
 class _Schemas:
     def __init__(self) -> None:
         self.components: dict[str, dict] = {}
 
     def ref(self, descriptor: Descriptor) -> dict:
-        if descriptor.full_name in _WELL_KNOWN:
-            return dict(_WELL_KNOWN[descriptor.full_name])
+        if descriptor.full_name in WELL_KNOWN_TYPES:
+            return dict(WELL_KNOWN_TYPES[descriptor.full_name].schema)
         name = descriptor.full_name
         if name not in self.components:
             self.components[name] = {}  # placeholder first: messages may nest themselves
@@ -115,7 +47,7 @@ class _Schemas:
             return self.ref(field.message_type)
         if field.type == FieldDescriptor.TYPE_ENUM:
             return {"type": "string", "enum": [value.name for value in field.enum_type.values]}
-        return dict(_SCALARS[field.type])
+        return dict(SCALAR_SCHEMAS[field.type])
 
 
 def _query_parameters(
@@ -127,7 +59,7 @@ def _query_parameters(
         if path in bound:
             continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry or field.message_type.full_name in _WELL_KNOWN:
+            if field.message_type.GetOptions().map_entry or field.message_type.full_name in WELL_KNOWN_TYPES:
                 continue
             if depth < 3 and not field.is_repeated:
                 parameters += _query_parameters(field.message_type, bound, schemas, path + ".", depth + 1)
@@ -205,15 +137,17 @@ def _shadowing_paths(binding: Binding, bindings: list[Binding]) -> list[str]:
     return shadowing
 
 
-def openapi_document(bindings: list[Binding], operations_routes: tuple[str, ...], gatekeeper: Gatekeeper) -> dict:
+def openapi_document(bindings: list[Binding], operations_routes: tuple, gatekeeper: Gatekeeper) -> dict:
+    """The document of `bindings` and of the gateway's `operations_routes`
+    (gateway/operations.py's OPERATIONS_ROUTES), as `gatekeeper` secures them."""
     schemas = _Schemas()
     paths: dict[str, dict] = {}
     for binding in bindings:
         paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(
             binding, schemas, gatekeeper, _shadowing_paths(binding, bindings)
         )
-    for path in operations_routes:
-        description, schema = _OPERATIONS[path]
+    for route in operations_routes:
+        path, description, schema = route.path, route.summary, route.schema
         content = (
             {"application/json": {"schema": schema, **_example(OPERATIONS_EXAMPLES.get(path))}}
             if schema is not None
@@ -221,7 +155,7 @@ def openapi_document(bindings: list[Binding], operations_routes: tuple[str, ...]
         )
         paths[path] = {
             "get": {
-                "operationId": operations.OPERATION_IDS[path],
+                "operationId": route.operation_id,
                 "tags": ["operations"],
                 "summary": description,
                 "parameters": operations.request_headers(None),

@@ -151,16 +151,6 @@ _SHARED_ANSWERS = (
     Answer(504, ("DEADLINE_EXCEEDED",), "A backend did not answer within UPSTREAM_TIMEOUT_S"),
 )
 
-# operationIds of the operations routes: stable names in the RPCs' style.
-OPERATION_IDS = {
-    "/health": "GetHealth",
-    "/ready": "GetReadiness",
-    "/metrics": "GetMetrics",
-    "/mesh/traffic-stats": "GetTrafficStats",
-    "/mesh/service-status": "GetServiceStatus",
-    "/openapi.json": "GetOpenApiDocument",
-}
-
 # Links between operations (OpenAPI 3 link objects), by the RPC answering
 # and its success status: what a client does next with what it got.
 _LINKS = {

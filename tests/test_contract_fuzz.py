@@ -81,7 +81,10 @@ def run_schemathesis(base_url: str, authorization: str, report_path: str) -> dic
         report_path,
         "--no-color",
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # In a folder of its own: schemathesis keeps a cache of past failures in
+    # its working directory and would replay them first.
+    workdir = os.path.dirname(report_path)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=workdir)
     with open(report_path + ".txt", "w") as output:
         output.write(completed.stdout + completed.stderr)
     with open(report_path) as report:

@@ -11,6 +11,7 @@ import time
 import urllib.parse
 import uuid
 
+from gateway.operations import OPERATIONS_ROUTES
 from tests import harness
 from tests.test_gateway_support import (
     assert_error,
@@ -43,14 +44,7 @@ def test_one_budget_across_all_routes(backends):
 
 def test_operations_routes_are_not_limited_and_spend_nothing(backends):
     client = make_client(backends, rate_limit="2/minute")
-    for path in (
-        "/health",
-        "/ready",
-        "/metrics",
-        "/mesh/traffic-stats",
-        "/mesh/service-status",
-        "/openapi.json",
-    ) * 2:
+    for path in [route.path for route in OPERATIONS_ROUTES] * 2:
         assert client.get(path).status_code == 200, path
     assert client.get("/inventory").status_code == 200
     assert client.get("/inventory").status_code == 200

@@ -1,10 +1,9 @@
-"""HTTP <-> gRPC transcoding driven by the protos: the route table comes from
-each public RPC's google.api.http rule and its shop.api.v1.http options, and
-JSON is converted to and from messages by walking their descriptors.
+"""Request binding: the request message of a route from its path, query and
+JSON body, as grpc-gateway binds them.
 
-Request JSON is checked against the descriptor here, before json_format sees
-it, so that every error names the field and none echoes a value back (a
-value may be a card number).
+The JSON is checked against the descriptor first, so that every error names
+the field and none echoes a value back (a value may be a card number); then
+it is converted straight into the message, without json_format's generic walk.
 """
 
 import base64
@@ -13,15 +12,13 @@ import functools
 import json
 import math
 import re
-import urllib.parse
-from dataclasses import dataclass
 
-from google.api import annotations_pb2, http_pb2
 from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from shop.api.v1 import http_options_pb2
+from gateway.transcoding.json_types import FLOAT_TYPES, FLOAT_WORDS, INTEGER_TYPES, is_map, well_known
+from gateway.transcoding.routes import Binding
 
 
 class RequestError(Exception):
@@ -35,129 +32,6 @@ class RequestError(Exception):
 
 def invalid(violations: list[tuple[str, str]]) -> RequestError:
     return RequestError(violations=violations)
-
-
-@dataclass(frozen=True)
-class PathVariable:
-    # The Flask rule variable and the request field it fills ("a.b" for nested).
-    rule_name: str
-    field_path: str
-
-
-@dataclass(frozen=True)
-class Binding:
-    """One public route: an HTTP verb and path bound to one RPC."""
-
-    backend: str
-    method: MethodDescriptor
-    # The Flask endpoint: "OrderService_GetOrder" (no dots: Flask reads those
-    # as blueprints), "_1", "_2"... for additional bindings.
-    endpoint: str
-    verb: str
-    # The annotation's path template ("/orders/{order_id}"): the route's name
-    # in metrics, logs and OpenAPI.
-    template: str
-    rule: str
-    variables: tuple[PathVariable, ...]
-    # "" (no body), "*" (the whole request) or the name of one request field.
-    body: str
-    response_body: str
-    options: http_options_pb2.HttpOptions
-
-    # Worked out once per route, not on every request.
-
-    @functools.cached_property
-    def full_method(self) -> str:
-        return f"/{self.method.containing_service.full_name}/{self.method.name}"
-
-    @functools.cached_property
-    def request_class(self) -> type[Message]:
-        return message_factory.GetMessageClass(self.method.input_type)
-
-    @functools.cached_property
-    def response_class(self) -> type[Message]:
-        return message_factory.GetMessageClass(self.method.output_type)
-
-    @functools.cached_property
-    def refused_fields(self) -> dict[str, str]:
-        return {refused.name: refused.message for refused in self.options.refused_fields}
-
-    @property
-    def success_status(self) -> int:
-        return 201 if self.options.created else 200
-
-
-_VERBS = ("get", "put", "post", "delete", "patch")
-_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?:=([^}]*))?\}")
-
-
-def route_table(backends: dict[str, ServiceDescriptor]) -> list[Binding]:
-    """Every public route of the given services: each RPC with a google.api.http
-    rule (and its additional_bindings); RPCs without one stay internal."""
-    bindings = []
-    for backend, service in backends.items():
-        for method in service.methods:
-            options = method.GetOptions()
-            if not options.HasExtension(annotations_pb2.http):
-                continue
-            rule = options.Extensions[annotations_pb2.http]
-            shop_options = options.Extensions[http_options_pb2.http]
-            for index, http_rule in enumerate((rule, *rule.additional_bindings)):
-                endpoint = f"{service.name}_{method.name}" + (f"_{index}" if index else "")
-                bindings.append(_binding(backend, method, endpoint, http_rule, shop_options))
-    return bindings
-
-
-def _binding(
-    backend: str, method: MethodDescriptor, endpoint: str, rule: http_pb2.HttpRule, options
-) -> Binding:
-    pattern_kind = rule.WhichOneof("pattern")
-    if pattern_kind in _VERBS:
-        verb, template = pattern_kind.upper(), getattr(rule, pattern_kind)
-    elif pattern_kind == "custom":
-        verb, template = rule.custom.kind.upper(), rule.custom.path
-    else:
-        raise ValueError(f"{method.full_name}: google.api.http rule has no path")
-    variables = []
-
-    def to_rule_variable(match: re.Match) -> str:
-        field_path, segments = match.group(1), match.group(2)
-        _field_at(method.input_type, field_path)  # fails loudly on a typo in the proto
-        rule_name = field_path.replace(".", "__")
-        variables.append(PathVariable(rule_name, field_path))
-        # "{name}" and "{name=*}" bind one segment; anything longer may span several.
-        return f"<{rule_name}>" if segments in (None, "*") else f"<path:{rule_name}>"
-
-    flask_rule = _VARIABLE.sub(to_rule_variable, template)
-    if rule.body not in ("", "*"):
-        _field_at(method.input_type, rule.body)
-    return Binding(
-        backend=backend,
-        method=method,
-        endpoint=endpoint,
-        verb=verb,
-        template=_VARIABLE.sub(lambda m: "{" + m.group(1) + "}", template),
-        rule=flask_rule,
-        variables=tuple(variables),
-        body=rule.body,
-        response_body=rule.response_body,
-        options=options,
-    )
-
-
-def _field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
-    field = None
-    for name in field_path.split("."):
-        if descriptor is None:
-            raise ValueError(f"{field_path}: {name} is not inside a message")
-        field = descriptor.fields_by_name.get(name)
-        if field is None:
-            raise ValueError(f"{descriptor.full_name} has no field {name!r}")
-        descriptor = field.message_type
-    return field
-
-
-# --- requests ----------------------------------------------------------------
 
 
 def build_request(
@@ -237,9 +111,7 @@ def _fill(document: dict, target: Message) -> None:
         field = fields[key]
         if value is None and not _is_value_type(field):
             continue  # proto3 JSON: null means the default
-        if _is_map(field) or (
-            field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name in _WELL_KNOWN_FORMS
-        ):
+        if is_map(field) or well_known(field) is not None:
             # Rare shapes with JSON forms of their own: json_format, for this field alone.
             json_format.ParseDict({field.json_name: value}, target, ignore_unknown_fields=False)
         elif field.is_repeated:
@@ -261,64 +133,18 @@ def _scalar_from_json(value, field: FieldDescriptor):
     kind = field.type
     if kind == FieldDescriptor.TYPE_ENUM:
         return field.enum_type.values_by_name[value].number if isinstance(value, str) else value
-    if kind in _INT_RANGES:
+    if kind in INTEGER_TYPES:
         return _as_int(value, field)
-    if kind in _FLOAT_TYPES:
+    if kind in FLOAT_TYPES:
         return float(value)
     if kind == FieldDescriptor.TYPE_BYTES:
         return _decode_base64(value)
     return value
 
 
-_INT_RANGES = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1, "a 32-bit integer"),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1, "a 32-bit integer"),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1, "a 32-bit integer"),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1, "an unsigned 32-bit integer"),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1, "an unsigned 32-bit integer"),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1, "a 64-bit integer"),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1, "a 64-bit integer"),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1, "a 64-bit integer"),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1, "an unsigned 64-bit integer"),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1, "an unsigned 64-bit integer"),
-}
-_INT64_TYPES = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_SFIXED64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_FIXED64,
-}
-_FLOAT_TYPES = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
-_FLOAT_WORDS = {"NaN", "Infinity", "-Infinity"}
-# Well-known types with their own JSON form: checked by parsing one alone.
-_WELL_KNOWN_FORMS = {
-    "google.protobuf.Timestamp": "an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
-    "google.protobuf.Duration": "a duration such as 1.5s",
-    "google.protobuf.FieldMask": "a comma-separated list of field paths",
-    "google.protobuf.Struct": "a JSON object",
-    "google.protobuf.Value": "any JSON value",
-    "google.protobuf.ListValue": "a JSON array",
-    "google.protobuf.Any": "an object with @type",
-    "google.protobuf.Empty": "an empty object",
-    "google.protobuf.DoubleValue": "a number",
-    "google.protobuf.FloatValue": "a number",
-    "google.protobuf.Int64Value": "an integer",
-    "google.protobuf.UInt64Value": "an unsigned integer",
-    "google.protobuf.Int32Value": "an integer",
-    "google.protobuf.UInt32Value": "an unsigned integer",
-    "google.protobuf.BoolValue": "true or false",
-    "google.protobuf.StringValue": "a string",
-    "google.protobuf.BytesValue": "base64 text",
-}
-
-
-# The descriptor questions below are asked for every field of every request
-# and answer; each is answered once per descriptor (cached, never mutated).
-
-
 @functools.cache
 def _json_fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    # Asked for every object of every request: once per descriptor.
     # proto3 JSON accepts both the field name and its lowerCamel json_name.
     fields = {field.json_name: field for field in descriptor.fields}
     fields.update(descriptor.fields_by_name)
@@ -356,7 +182,7 @@ def _check_object(value: object, descriptor: Descriptor, path: str, violations: 
         seen.add(field.name)
         if item is None and not _is_value_type(field):
             continue  # proto3 JSON: null means the default
-        if _is_map(field):
+        if is_map(field):
             _check_map(item, field, field_path, violations)
         elif field.is_repeated:
             if not isinstance(item, list):
@@ -366,11 +192,6 @@ def _check_object(value: object, descriptor: Descriptor, path: str, violations: 
                 _check_value(element, field, f"{field_path}[{index}]", violations)
         else:
             _check_value(item, field, field_path, violations)
-
-
-@functools.cache
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
 
 
 @functools.cache
@@ -387,7 +208,7 @@ def _check_map(value: object, field: FieldDescriptor, path: str, violations: lis
     key_field = field.message_type.fields_by_name["key"]
     value_field = field.message_type.fields_by_name["value"]
     for key, item in value.items():
-        if key_field.type in _INT_RANGES and _as_int(key, key_field) is None:
+        if key_field.type in INTEGER_TYPES and _as_int(key, key_field) is None:
             violations.append((path, "has a key that is not an integer"))
         elif key_field.type == FieldDescriptor.TYPE_BOOL and key not in ("true", "false"):
             violations.append((path, "has a key that is not true or false"))
@@ -396,17 +217,18 @@ def _check_map(value: object, field: FieldDescriptor, path: str, violations: lis
 
 def _check_value(value: object, field: FieldDescriptor, path: str, violations: list) -> None:
     problem = _scalar_problem(value, field) if field.type != FieldDescriptor.TYPE_MESSAGE else None
-    if field.type in _INT_RANGES and isinstance(value, str):
+    if field.type in INTEGER_TYPES and isinstance(value, str):
         # proto3 JSON would take "2"; this API's integers are JSON numbers, in
         # bodies as in answers (a string is a wrong type: 400).
-        problem = f"must be {_INT_RANGES[field.type][2]} (a JSON number, not a string)"
+        problem = f"must be {INTEGER_TYPES[field.type].wanted} (a JSON number, not a string)"
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        full_name = field.message_type.full_name
-        if full_name in _WELL_KNOWN_FORMS:
+        form = well_known(field)
+        if form is not None:
+            # Checked by parsing it alone: these types have JSON forms of their own.
             try:
                 json_format.ParseDict(value, message_factory.GetMessageClass(field.message_type)())
             except (json_format.ParseError, ValueError, TypeError):
-                problem = f"must be {_WELL_KNOWN_FORMS[full_name]}"
+                problem = f"must be {form.wanted}"
         elif value is None:
             problem = "must not be null"
         else:
@@ -438,20 +260,20 @@ def _scalar_problem(value: object, field: FieldDescriptor) -> str | None:
         ):
             return None
         return "must be one of " + ", ".join(names)
-    if kind in _INT_RANGES:
-        low, high, wanted = _INT_RANGES[kind]
+    if kind in INTEGER_TYPES:
+        integer = INTEGER_TYPES[kind]
         number = _as_int(value, field)
         if number is None:
-            return f"must be {wanted}"
-        if not low <= number <= high:
-            return f"must be {wanted} (between {low} and {high})"
+            return f"must be {integer.wanted}"
+        if not integer.low <= number <= integer.high:
+            return f"must be {integer.wanted} (between {integer.low} and {integer.high})"
         return None
-    if kind in _FLOAT_TYPES:
+    if kind in FLOAT_TYPES:
         if isinstance(value, bool):
             return "must be a number"
         if isinstance(value, int | float):
             return None
-        if isinstance(value, str) and (value in _FLOAT_WORDS or _is_float_text(value)):
+        if isinstance(value, str) and (value in FLOAT_WORDS or _is_float_text(value)):
             return None
         return "must be a number"
     return None
@@ -528,7 +350,7 @@ def _scalar_from_text(text: str, field: FieldDescriptor, field_path: str):
     problem = _scalar_problem(text, field)
     if problem:
         raise invalid([(field_path, problem)])
-    if kind in _INT_RANGES:
+    if kind in INTEGER_TYPES:
         return int(text)
     return float(text)
 
@@ -572,7 +394,7 @@ def _query_field_path(descriptor: Descriptor, key: str) -> str | None:
         if descriptor is None:
             return None
         field = _json_fields(descriptor).get(part)
-        if field is None or _is_map(field):
+        if field is None or is_map(field):
             return None
         names.append(field.name)
         descriptor = field.message_type if field.type == FieldDescriptor.TYPE_MESSAGE else None
@@ -594,115 +416,3 @@ def _set_query_field(request: Message, field_path: str, values: list[str]) -> No
         raise invalid([(field_path, "given more than once")])
     else:
         setattr(target, name, converted[0])
-
-
-# --- responses ---------------------------------------------------------------
-
-
-def message_to_json(message: Message) -> dict:
-    """A message as the API's JSON: snake_case names in the proto's field
-    order, enum names, every field present (null for an unset message or
-    optional), and 64-bit integers as numbers. json_format's shape, walked
-    straight from the descriptor (json_format's generic walk cost more than
-    the rest of a request's transcoding)."""
-    return _renderer(message.DESCRIPTOR)(message)
-
-
-@functools.cache
-def _renderer(descriptor: Descriptor):
-    fields = []
-    for field in descriptor.fields:
-        nullable = _prints_as_null(field)
-        # A member of a real oneof is left out when unset.
-        sparse = field.containing_oneof is not None and not nullable and not field.is_repeated
-        fields.append((field.name, _field_renderer(field), nullable, sparse))
-
-    def render(message: Message) -> dict:
-        rendered = {}
-        for name, render_value, nullable, sparse in fields:
-            if (nullable or sparse) and not message.HasField(name):
-                if nullable:
-                    rendered[name] = None
-                continue
-            rendered[name] = render_value(getattr(message, name))
-        return rendered
-
-    return render
-
-
-@functools.cache
-def _prints_as_null(field: FieldDescriptor) -> bool:
-    if field.is_repeated or not field.has_presence:
-        return False
-    oneof = field.containing_oneof
-    # A proto3 `optional` sits alone in a synthetic oneof; real oneofs stay sparse.
-    return oneof is None or (len(oneof.fields) == 1 and oneof.name == f"_{field.name}")
-
-
-def _field_renderer(field: FieldDescriptor):
-    if _is_map(field):
-        key_field, value_field = (field.message_type.fields_by_name[n] for n in ("key", "value"))
-        key_text = (lambda k: "true" if k else "false") if key_field.type == FieldDescriptor.TYPE_BOOL else str
-        render_value = _value_renderer(value_field)
-        return lambda entries: {key_text(k): render_value(v) for k, v in entries.items()}
-    render_value = _value_renderer(field)
-    if field.is_repeated:
-        return lambda values: [render_value(v) for v in values]
-    return render_value
-
-
-_INT64_WRAPPERS = {"google.protobuf.Int64Value", "google.protobuf.UInt64Value"}
-
-
-def _value_renderer(field: FieldDescriptor):
-    kind = field.type
-    if kind == FieldDescriptor.TYPE_MESSAGE:
-        full_name = field.message_type.full_name
-        if full_name == "google.protobuf.Timestamp":
-            return lambda value: value.ToJsonString()
-        if full_name in _INT64_WRAPPERS:
-            return lambda value: value.value
-        if full_name in _WELL_KNOWN_FORMS:
-            return json_format.MessageToDict
-        return _renderer(field.message_type)
-    if kind == FieldDescriptor.TYPE_ENUM:
-        names = {value.number: value.name for value in field.enum_type.values}
-        return lambda number: names.get(number, number)
-    if kind == FieldDescriptor.TYPE_BYTES:
-        return lambda value: base64.b64encode(value).decode()
-    if kind in _FLOAT_TYPES:
-        return _float_json
-    return _as_is
-
-
-def _as_is(value):
-    return value
-
-
-def _float_json(value: float):
-    if math.isfinite(value):
-        return value
-    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-
-
-def response_json(binding: Binding, response: Message) -> object:
-    if binding.response_body and binding.response_body != "*":
-        field = response.DESCRIPTOR.fields_by_name[binding.response_body]
-        return _field_renderer(field)(getattr(response, binding.response_body))
-    return message_to_json(response)
-
-
-def location_for(binding: Binding, response: Message) -> str | None:
-    """The Location of a created resource, from the option's template and the
-    response's fields ("/orders/{id}" -> "/orders/3f2a...")."""
-    template = binding.options.location
-    if not template:
-        return None
-
-    def fill(match: re.Match) -> str:
-        value = response
-        for name in match.group(1).split("."):
-            value = getattr(value, name)
-        return urllib.parse.quote(str(value), safe="")
-
-    return _VARIABLE.sub(fill, template)
