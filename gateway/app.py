@@ -23,6 +23,7 @@ from gateway.operations import OPERATIONS_ROUTES, UNLIMITED_PATHS
 from gateway.operations import blueprint as operations_blueprint
 from gateway.responses import json_response
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
+from gateway.transcoding.routes import NOT_ONE_OF, NotOneOf, rule_refusing, shadowing_templates
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
 from plumbing import tracing
 from plumbing.identity import Caller
@@ -103,9 +104,11 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
     app.after_request(_finish_request)
     app.teardown_request(_end_request)
 
+    # A path variable never takes a word that is another route's path.
+    app.url_map.converters[NOT_ONE_OF] = NotOneOf
     for binding in bindings:
         app.add_url_rule(
-            binding.rule,
+            rule_refusing(binding, shadowing_templates(binding, bindings)),
             endpoint=binding.endpoint,
             view_func=_transcoder(binding, gateway.gatekeeper.demand(binding)),
             methods=[binding.verb],

@@ -8,6 +8,7 @@ from gateway.auth import Gatekeeper
 from gateway.openapi_examples import OPERATIONS_EXAMPLES
 from gateway.transcoding import Binding
 from gateway.transcoding.json_types import SCALAR_SCHEMAS, WELL_KNOWN_TYPES
+from gateway.transcoding.routes import shadowing_templates
 
 _REF = operations.REF
 
@@ -116,27 +117,6 @@ def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper, shad
     return operation
 
 
-def _shadowing_paths(binding: Binding, bindings: list[Binding]) -> list[str]:
-    """The other routes' paths that a value of `binding`'s path variables can
-    name (/inventory/check for /inventory/{product_id}) where `binding`'s
-    verb is not served: such a request answers 405, not this operation."""
-    segments = binding.template.strip("/").split("/")
-    served = {(other.template, other.verb) for other in bindings}
-    shadowing = []
-    for other in bindings:
-        others = other.template.strip("/").split("/")
-        if other.template == binding.template or len(others) != len(segments):
-            continue
-        if (other.template, binding.verb) in served or other.template in shadowing:
-            continue
-        if all(
-            mine == theirs or (mine.startswith("{") and not theirs.startswith("{"))
-            for mine, theirs in zip(segments, others, strict=True)
-        ):
-            shadowing.append(other.template)
-    return shadowing
-
-
 def openapi_document(bindings: list[Binding], operations_routes: tuple, gatekeeper: Gatekeeper) -> dict:
     """The document of `bindings` and of the gateway's `operations_routes`
     (gateway/operations.py's OPERATIONS_ROUTES), as `gatekeeper` secures them."""
@@ -144,7 +124,7 @@ def openapi_document(bindings: list[Binding], operations_routes: tuple, gatekeep
     paths: dict[str, dict] = {}
     for binding in bindings:
         paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(
-            binding, schemas, gatekeeper, _shadowing_paths(binding, bindings)
+            binding, schemas, gatekeeper, shadowing_templates(binding, bindings)
         )
     for route in operations_routes:
         path, description, schema = route.path, route.summary, route.schema

@@ -65,9 +65,19 @@ def test_check_availability_takes_items_or_the_flat_form(client):
     assert flat.get_json()["available"] is False
 
 
-def test_get_on_the_check_route_is_a_product_lookup_not_a_405(client):
-    # GET /inventory/check matches /inventory/{product_id}: no product "check".
-    assert_error(client.get("/inventory/check"), 404, "NOT_FOUND", "NOT_FOUND")
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_the_check_route_answers_405_to_what_it_does_not_serve(client, method):
+    # API.md: "check" is not a product id; GET and PUT there are not /inventory/{product_id}.
+    response = client.open("/inventory/check", method=method, json={}, headers=admin_headers())
+    assert_error(response, 405, "UNIMPLEMENTED", "METHOD_NOT_ALLOWED")
+    assert response.headers["Allow"] == "OPTIONS, POST"
+    allowed = client.options("/inventory/check").headers["Allow"]
+    assert set(allowed.split(", ")) == {"OPTIONS", "POST"}
+
+
+def test_a_product_id_that_only_starts_with_check_is_a_product_id(client):
+    assert_error(client.get("/inventory/checkout"), 404, "NOT_FOUND", "NOT_FOUND")
+    assert client.get("/inventory/P001").status_code == 200
 
 
 def test_admin_upsert_creates_a_product(client):

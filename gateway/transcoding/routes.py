@@ -11,6 +11,7 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
+from werkzeug.routing import BaseConverter
 
 from shop.api.v1 import http_options_pb2
 
@@ -134,3 +135,55 @@ def _field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
             raise ValueError(f"{descriptor.full_name} has no field {name!r}")
         descriptor = field.message_type
     return field
+
+
+def shadowing_templates(binding: Binding, bindings: list[Binding]) -> list[str]:
+    """The other routes' templates that a value of `binding`'s path
+    variables spells out (/inventory/check for /inventory/{product_id}) and
+    that do not answer `binding`'s verb: such a path is that route's, so a
+    request there answers 405 with its Allow, never this RPC with an id of
+    "check"."""
+    segments = binding.template.strip("/").split("/")
+    served = {(other.template, other.verb) for other in bindings}
+    shadowing: list[str] = []
+    for other in bindings:
+        theirs = other.template.strip("/").split("/")
+        if len(theirs) != len(segments) or other.template == binding.template or other.template in shadowing:
+            continue
+        if (other.template, binding.verb) in served:
+            continue
+        if all(
+            mine == their or (mine.startswith("{") and not their.startswith("{"))
+            for mine, their in zip(segments, theirs, strict=True)
+        ):
+            shadowing.append(other.template)
+    return shadowing
+
+
+def rule_refusing(binding: Binding, shadowing: list[str]) -> str:
+    """`binding`'s Flask rule with each one-segment variable refusing the
+    words the `shadowing` templates put in its place (the `not_one_of`
+    converter, gateway/app.py)."""
+    segments = binding.rule.strip("/").split("/")
+    refused: dict[int, set[str]] = {}
+    for template in shadowing:
+        for index, word in enumerate(template.strip("/").split("/")):
+            if segments[index].startswith("<") and not segments[index].startswith("<path:"):
+                refused.setdefault(index, set()).add(word)
+    for index, words in refused.items():
+        listed = ", ".join(repr(word) for word in sorted(words))
+        segments[index] = f"<{NOT_ONE_OF}({listed}):{segments[index][1:-1]}>"
+    return "/" + "/".join(segments)
+
+
+# The name of the converter that rule_refusing's rules use.
+NOT_ONE_OF = "not_one_of"
+
+
+class NotOneOf(BaseConverter):
+    """One path segment, but none of the given words (werkzeug's `any`,
+    the other way round)."""
+
+    def __init__(self, url_map, *words: str):
+        super().__init__(url_map)
+        self.regex = "(?!(?:" + "|".join(re.escape(word) for word in words) + ")$)[^/]+"
