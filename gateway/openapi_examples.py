@@ -86,6 +86,7 @@ OPERATIONS_EXAMPLES = {
         },
     },
     "/mesh/service-status": {"overall": "SERVING", "backends": {"order": _BACKEND}},
+    "/openapi.json": {"openapi": "3.0.3", "info": {"title": "Shop REST gateway", "version": "1.0.0"}, "paths": {}},
 }
 
 _CODE_NAMES = {
