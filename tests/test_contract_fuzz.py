@@ -5,8 +5,8 @@ gateway served over HTTP in-process, in front of the real inventory, payment
 and order services on SQLite. A fixed seed and a bounded number of examples
 per operation keep it deterministic and within about a minute.
 
-Once with AUTH=off and the admin token, once with AUTH=jwt and a customer's
-token: in both, `ignored_auth` sends each secured operation's successful
+Once with AUTH=off and the admin token, once with AUTH=jwt and a token with
+the admin scope: in both, `ignored_auth` sends each secured operation's successful
 request again without its token, and again with a bad one, and fails unless
 the gateway refuses them.
 
@@ -29,6 +29,7 @@ from werkzeug.serving import make_server
 from gateway.app import create_app
 from gateway.config import AuthConfig
 from gateway.token import mint
+from plumbing.identity import ADMIN_SCOPE
 from tests.test_gateway_support import ADMIN_TOKEN, gateway_config, running_backends
 
 SEED = 20261129
@@ -94,7 +95,8 @@ def run_schemathesis(base_url: str, authorization: str, report_path: str) -> dic
 def summary(report: dict) -> str:
     failures = ", ".join(f"{f['code']} {f['title']}: {f['count']}" for f in report["failures"]) or "none"
     return (
-        f"operations tested: {len(report['operations'])}; test cases: {report['test_cases']['generated']}; "
+        f"operations tested: {report['operations']['tested']} of {report['operations']['total']}; "
+        f"test cases: {report['test_cases']['generated']}; "
         f"failures: {failures}; errors: {len(report['errors'])}"
     )
 
@@ -118,7 +120,9 @@ def test_schemathesis_finds_nothing_with_auth_off(sqlite_url, tmp_path):
 
 
 def test_schemathesis_finds_nothing_with_auth_jwt(sqlite_url, tmp_path):
-    token = mint(JWT, "C123", [], ttl_s=3600)
+    # An admin's token: every secured operation succeeds with it, so
+    # ignored_auth probes each one without it.
+    token = mint(JWT, "C123", [ADMIN_SCOPE], ttl_s=3600)
     with running_backends(sqlite_url, real_orders=True) as backends:
         app = create_app(gateway_config(backends, rate_limit="1000000/minute", auth=JWT))
         with serving(app) as url:
