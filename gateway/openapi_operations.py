@@ -29,17 +29,13 @@ RESPONSE_HEADERS = {
         "it names the request in every log line it caused",
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
     },
-    "X-RateLimit-Limit": {
-        "description": "Requests allowed per window (RATE_LIMIT) for this client IP",
-        "schema": {"type": "integer", "minimum": 0},
-    },
-    "X-RateLimit-Remaining": {
-        "description": "Requests left in the current window",
-        "schema": {"type": "integer", "minimum": 0},
-    },
-    "X-RateLimit-Reset": {
-        "description": "When the current window ends, in seconds since the Unix epoch",
-        "schema": {"type": "integer", "minimum": 0},
+    **{
+        f"X-RateLimit-{name}": {"description": description, "schema": {"type": "integer", "minimum": 0}}
+        for name, description in (
+            ("Limit", "Requests allowed per window (RATE_LIMIT) for this client IP"),
+            ("Remaining", "Requests left in the current window"),
+            ("Reset", "When the current window ends, in seconds since the Unix epoch"),
+        )
     },
     "Retry-After": {
         "description": "Seconds to wait before trying again",
@@ -400,3 +396,12 @@ def error_schema() -> dict:
             "request_id": {"type": "string"},
         },
     }
+
+
+def resolved(document: dict, item: dict) -> dict:
+    """`item` of `document`, or the component its $ref names."""
+    ref = item.get("$ref")
+    if ref is None:
+        return item
+    kind, name = ref.removeprefix("#/components/").split("/", 1)
+    return document["components"][kind][name]

@@ -28,6 +28,7 @@ from gateway.auth import Gatekeeper
 from gateway.config import GatewayConfig
 from gateway.errors import HTTP_STATUS_BY_CODE
 from gateway.openapi import openapi_document
+from gateway.openapi_operations import resolved
 from gateway.operations import OPERATIONS_ROUTES
 from gateway.transcoding import route_table
 from gateway.upstreams import SERVICES
@@ -123,15 +124,6 @@ SHARED_STATUSES = ("400", "429", "500", "503", "504")
 SHARED_HEADERS = ("X-Request-ID", "traceparent", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
-def _resolved(document: dict, item: dict) -> dict:
-    """`item`, or what its $ref names."""
-    ref = item.get("$ref")
-    if ref is None:
-        return item
-    kind, name = ref.removeprefix("#/components/").split("/", 1)
-    return document["components"][kind][name]
-
-
 def _reasons(response: dict) -> list[str]:
     for part in response["content"]["application/json"]["schema"].get("allOf", []):
         reason = part.get("properties", {}).get("error", {}).get("properties", {}).get("reason")
@@ -155,7 +147,7 @@ def rest_routes(document: dict) -> str:
                 if operation.get("security"):
                     what += "; admin: `Authorization: Bearer $ADMIN_TOKEN`"
             parameters = {}
-            for parameter in map(lambda item: _resolved(document, item), operation.get("parameters", [])):
+            for parameter in map(lambda item: resolved(document, item), operation.get("parameters", [])):
                 if parameter["name"] not in SHARED_HEADERS:
                     parameters.setdefault(parameter["in"], []).append(f"`{parameter['name']}`")
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
@@ -165,7 +157,7 @@ def rest_routes(document: dict) -> str:
             success = next(code for code in responses if code.startswith("2"))
             headers = responses[success].get("headers", {})
             success += "".join(
-                f", `{name}: {_resolved(document, header)['description']}`"
+                f", `{name}: {resolved(document, header)['description']}`"
                 for name, header in headers.items()
                 if name not in SHARED_HEADERS
             )

@@ -15,6 +15,7 @@ from gateway.auth import Gatekeeper
 from gateway.config import AuthConfig, GatewayConfig
 from gateway.errors import HTTP_STATUS_BY_REASON
 from gateway.openapi import openapi_document
+from gateway.openapi_operations import resolved
 from gateway.operations import OPERATIONS_ROUTES
 from gateway.transcoding import route_table
 from gateway.upstreams import SERVICES
@@ -40,14 +41,6 @@ def operations(document: dict):
     for path, item in document["paths"].items():
         for verb, operation in item.items():
             yield path, verb, operation
-
-
-def resolved(document: dict, item: dict) -> dict:
-    ref = item.get("$ref")
-    if ref is None:
-        return item
-    kind, name = ref.removeprefix("#/components/").split("/", 1)
-    return document["components"][kind][name]
 
 
 def headers_of(document: dict, response: dict) -> dict:
