@@ -231,6 +231,7 @@ def transcoded_responses(binding: Binding, demand: Demand, jwt: bool, shadowed_b
     error, with reasons and headers. `shadowed_by`: the paths that take a
     value of the path variable as their own (answering 405 to this verb)."""
     answers = list(_SHARED_ANSWERS)
+    # A path names the resource to read or change; PUT creates what it names.
     if binding.variables and binding.verb != "PUT":
         answers.append(Answer(404, ("NOT_FOUND",), "No such resource (with AUTH=jwt: or not yours)"))
     if shadowed_by:
