@@ -19,11 +19,12 @@ from gateway import metrics, ratelimit
 from gateway.auth import Demand, Gatekeeper
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, from_upstream, gateway_error, invalid_argument
+from gateway.openapi_operations import shadowing_templates
 from gateway.operations import OPERATIONS_ROUTES, UNLIMITED_PATHS
 from gateway.operations import blueprint as operations_blueprint
 from gateway.responses import json_response
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
-from gateway.transcoding.routes import NOT_ONE_OF, NotOneOf, rule_refusing, shadowing_templates
+from gateway.transcoding.routes import NOT_ONE_OF, NotOneOf, rule_refusing
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
 from plumbing import tracing
 from plumbing.identity import Caller

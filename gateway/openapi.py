@@ -8,7 +8,6 @@ from gateway.auth import Gatekeeper
 from gateway.openapi_examples import OPERATIONS_EXAMPLES
 from gateway.transcoding import Binding
 from gateway.transcoding.json_types import SCALAR_SCHEMAS, WELL_KNOWN_TYPES
-from gateway.transcoding.routes import shadowing_templates
 
 _REF = operations.REF
 
@@ -124,7 +123,7 @@ def openapi_document(bindings: list[Binding], operations_routes: tuple, gatekeep
     paths: dict[str, dict] = {}
     for binding in bindings:
         paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(
-            binding, schemas, gatekeeper, shadowing_templates(binding, bindings)
+            binding, schemas, gatekeeper, operations.shadowing_templates(binding, bindings)
         )
     for route in operations_routes:
         path, description, schema = route.path, route.summary, route.schema

@@ -186,6 +186,30 @@ def operation_id(binding: Binding) -> str:
     return binding.endpoint.removeprefix(f"{service}_")
 
 
+def shadowing_templates(binding: Binding, bindings: list[Binding]) -> list[str]:
+    """The other routes' templates that a value of `binding`'s path
+    variables spells out (/inventory/check for /inventory/{product_id}) and
+    that do not answer `binding`'s verb: such a path is that route's, so a
+    request there answers 405 with its Allow, never this RPC with an id of
+    "check"."""
+    segments = binding.template.strip("/").split("/")
+    served = {(other.template, other.verb) for other in bindings}
+    shadowing: list[str] = []
+    for other in bindings:
+        theirs = other.template.strip("/").split("/")
+        if len(theirs) != len(segments) or other.template == binding.template or other.template in shadowing:
+            continue
+        if (other.template, binding.verb) in served:
+            continue
+        if all(
+            mine == their or (mine.startswith("{") and not their.startswith("{"))
+            for mine, their in zip(segments, theirs, strict=True)
+        ):
+            shadowing.append(other.template)
+    return shadowing
+
+
+
 def request_headers(binding: Binding | None) -> list[dict]:
     """The header parameters an operation reads (None: an operations route)."""
     names = ["RequestId", "Traceparent"]

@@ -137,29 +137,6 @@ def _field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
     return field
 
 
-def shadowing_templates(binding: Binding, bindings: list[Binding]) -> list[str]:
-    """The other routes' templates that a value of `binding`'s path
-    variables spells out (/inventory/check for /inventory/{product_id}) and
-    that do not answer `binding`'s verb: such a path is that route's, so a
-    request there answers 405 with its Allow, never this RPC with an id of
-    "check"."""
-    segments = binding.template.strip("/").split("/")
-    served = {(other.template, other.verb) for other in bindings}
-    shadowing: list[str] = []
-    for other in bindings:
-        theirs = other.template.strip("/").split("/")
-        if len(theirs) != len(segments) or other.template == binding.template or other.template in shadowing:
-            continue
-        if (other.template, binding.verb) in served:
-            continue
-        if all(
-            mine == their or (mine.startswith("{") and not their.startswith("{"))
-            for mine, their in zip(segments, theirs, strict=True)
-        ):
-            shadowing.append(other.template)
-    return shadowing
-
-
 def rule_refusing(binding: Binding, shadowing: list[str]) -> str:
     """`binding`'s Flask rule with each one-segment variable refusing the
     words the `shadowing` templates put in its place (the `not_one_of`
