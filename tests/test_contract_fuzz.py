@@ -77,9 +77,11 @@ def run_schemathesis(base_url: str, authorization: str, report_path: str) -> dic
         "--header",
         f"Authorization: {authorization}",
         "--report",
-        "json",
+        "json,ndjson",
         "--report-json-path",
         report_path,
+        "--report-ndjson-path",
+        report_path + ".ndjson",
         "--no-color",
     ]
     # In a folder of its own: schemathesis keeps a cache of past failures in
@@ -89,7 +91,41 @@ def run_schemathesis(base_url: str, authorization: str, report_path: str) -> dic
     with open(report_path + ".txt", "w") as output:
         output.write(completed.stdout + completed.stderr)
     with open(report_path) as report:
-        return {"exit_code": completed.returncode, "output": completed.stdout, **json.load(report)}
+        return {
+            "exit_code": completed.returncode,
+            "output": completed.stdout,
+            "events": report_path + ".ndjson",
+            **json.load(report),
+        }
+
+
+def links_followed(events_path: str) -> set[str]:
+    """The links the stateful phase followed to a 2xx answer, by
+    schemathesis's name: "POST /orders -> [201] GetOrder -> GET /orders/{order_id}"."""
+    followed = set()
+    with open(events_path) as events:
+        for line in events:
+            if not line.startswith('{"ScenarioFinished"'):
+                continue
+            scenario = json.loads(line)["ScenarioFinished"]
+            if scenario["phase"] != "stateful":
+                continue
+            interactions = scenario["recorder"].get("interactions", {})
+            for case_id, case in scenario["recorder"].get("cases", {}).items():
+                response = (interactions.get(case_id) or {}).get("response") or {}
+                if case.get("is_transition_applied") and 200 <= response.get("status_code", 0) < 300:
+                    followed.add(case["transition"]["id"])
+    return followed
+
+
+# The chains the document's links describe, each followed to a success at
+# least once: create an order, read it, cancel it; create a payment method
+# and order with it.
+CHAINS = {
+    "POST /orders -> [201] GetOrder -> GET /orders/{order_id}",
+    "GET /orders/{order_id} -> [200] CancelOrder -> DELETE /orders/{order_id}",
+    "POST /payment_methods -> [201] CreateOrderWithIt -> POST /orders",
+}
 
 
 def summary(report: dict) -> str:
@@ -108,6 +144,8 @@ def assert_clean(report: dict) -> None:
     phases = {name: phase["status"] for name, phase in report["phases"].items()}
     # Every phase ran, the stateful one (the links) included.
     assert set(phases.values()) == {"success"}, phases
+    followed = links_followed(report["events"])
+    assert CHAINS <= followed, f"links never followed to a success: {sorted(CHAINS - followed)}"
 
 
 def test_schemathesis_finds_nothing_with_auth_off(sqlite_url, tmp_path):
