@@ -19,12 +19,11 @@ from gateway import metrics, ratelimit
 from gateway.auth import Demand, Gatekeeper
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, from_upstream, gateway_error, invalid_argument
-from gateway.openapi_operations import shadowing_templates
 from gateway.operations import OPERATIONS_ROUTES, UNLIMITED_PATHS
 from gateway.operations import blueprint as operations_blueprint
 from gateway.responses import json_response
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
-from gateway.transcoding.routes import NOT_ONE_OF, NotOneOf, rule_refusing
+from gateway.transcoding.routes import NOT_IN_CONVERTER, NotInConverter
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
 from plumbing import tracing
 from plumbing.identity import Caller
@@ -98,6 +97,7 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
     # No redirects (they answer HTML): /orders/ is /orders, // is not merged.
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
+    app.url_map.converters[NOT_IN_CONVERTER] = NotInConverter
     if config.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies)
 
@@ -105,11 +105,9 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
     app.after_request(_finish_request)
     app.teardown_request(_end_request)
 
-    # A path variable never takes a word that is another route's path.
-    app.url_map.converters[NOT_ONE_OF] = NotOneOf
     for binding in bindings:
         app.add_url_rule(
-            rule_refusing(binding, shadowing_templates(binding, bindings)),
+            binding.rule,
             endpoint=binding.endpoint,
             view_func=_transcoder(binding, gateway.gatekeeper.demand(binding)),
             methods=[binding.verb],

@@ -6,52 +6,20 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from gateway import openapi_operations as operations
 from gateway.auth import Gatekeeper
 from gateway.openapi_examples import OPERATIONS_EXAMPLES
+from gateway.schemas import MessageSchemas, must_be_given
 from gateway.transcoding import Binding
-from gateway.transcoding.json_types import SCALAR_SCHEMAS, WELL_KNOWN_TYPES
+from gateway.transcoding.json_types import WELL_KNOWN_TYPES
 
-_REF = operations.REF
 
-class _Schemas:
-    def __init__(self) -> None:
-        self.components: dict[str, dict] = {}
-
-    def ref(self, descriptor: Descriptor) -> dict:
-        if descriptor.full_name in WELL_KNOWN_TYPES:
-            return dict(WELL_KNOWN_TYPES[descriptor.full_name].schema)
-        name = descriptor.full_name
-        if name not in self.components:
-            self.components[name] = {}  # placeholder first: messages may nest themselves
-            self.components[name] = self.message(descriptor)
-        return {"$ref": _REF + name}
-
-    def message(self, descriptor: Descriptor, leave_out: set[str] = frozenset()) -> dict:
-        properties = {
-            field.name: self.field(field) for field in descriptor.fields if field.name not in leave_out
-        }
-        return {"type": "object", "properties": properties, "additionalProperties": False}
-
-    def field(self, field: FieldDescriptor) -> dict:
-        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
-            value = field.message_type.fields_by_name["value"]
-            return {"type": "object", "additionalProperties": self.single(value)}
-        if field.is_repeated:
-            return {"type": "array", "items": self.single(field)}
-        schema = self.single(field)
-        if field.has_presence:
-            # Rendered as null when unset, so every response has one shape.
-            return {"allOf": [schema], "nullable": True} if "$ref" in schema else {**schema, "nullable": True}
-        return schema
-
-    def single(self, field: FieldDescriptor) -> dict:
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
-            return self.ref(field.message_type)
-        if field.type == FieldDescriptor.TYPE_ENUM:
-            return {"type": "string", "enum": [value.name for value in field.enum_type.values]}
-        return dict(SCALAR_SCHEMAS[field.type])
+def _field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
+    *parents, name = field_path.split(".")
+    for parent in parents:
+        descriptor = descriptor.fields_by_name[parent].message_type
+    return descriptor.fields_by_name[name]
 
 
 def _query_parameters(
-    descriptor: Descriptor, bound: set[str], schemas: _Schemas, prefix: str = "", depth: int = 0
+    descriptor: Descriptor, bound: set[str], schemas: MessageSchemas, prefix: str = "", depth: int = 0
 ):
     parameters = []
     for field in descriptor.fields:
@@ -64,18 +32,22 @@ def _query_parameters(
             if depth < 3 and not field.is_repeated:
                 parameters += _query_parameters(field.message_type, bound, schemas, path + ".", depth + 1)
             continue
-        schema = schemas.single(field)
-        if field.is_repeated:
-            schema = {"type": "array", "items": schema}
-        parameters.append({"name": path, "in": "query", "required": False, "schema": schema})
+        parameters.append(
+            {"name": path, "in": "query", "required": must_be_given(field), "schema": schemas.parameter(field)}
+        )
     return parameters
 
 
-def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper, shadowed_by: list[str]) -> dict:
+def _operation(binding: Binding, schemas: MessageSchemas, gatekeeper: Gatekeeper, shadowed_by: list[str]) -> dict:
     method = binding.method
     path_fields = {variable.field_path for variable in binding.variables}
     parameters = [
-        {"name": variable.field_path, "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": variable.field_path,
+            "in": "path",
+            "required": True,
+            "schema": schemas.parameter(_field_at(method.input_type, variable.field_path)),
+        }
         for variable in binding.variables
     ]
     operation: dict = {
@@ -119,7 +91,7 @@ def _operation(binding: Binding, schemas: _Schemas, gatekeeper: Gatekeeper, shad
 def openapi_document(bindings: list[Binding], operations_routes: tuple, gatekeeper: Gatekeeper) -> dict:
     """The document of `bindings` and of the gateway's `operations_routes`
     (gateway/operations.py's OPERATIONS_ROUTES), as `gatekeeper` secures them."""
-    schemas = _Schemas()
+    schemas = MessageSchemas()
     paths: dict[str, dict] = {}
     for binding in bindings:
         paths.setdefault(binding.template, {})[binding.verb.lower()] = _operation(

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from gateway.auth import Demand
 from gateway.errors import HTTP_STATUS_BY_REASON
 from gateway.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES, error_example
+from gateway.schemas import REF
 from gateway.transcoding import Binding
 from plumbing.identity import ADMIN_SCOPE
 
-REF = "#/components/schemas/"
 ERROR_SCHEMA = "Error"
 # The bearer scheme of each AUTH mode: ADMIN_TOKEN (off) or a JWT (jwt).
 ADMIN_TOKEN_SCHEME = "adminToken"

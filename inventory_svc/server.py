@@ -1,9 +1,10 @@
-"""InventoryService over gRPC: proto <-> domain, and nothing else."""
+"""InventoryService over gRPC: proto <-> domain, and nothing else. Each
+request has passed its field rules (declared in the proto) already."""
 
 from inventory_svc import stock
 from inventory_svc.store import InventoryStore
 from plumbing.errors import not_found
-from plumbing.validation import Violations, check_items, requested_items, valid_id
+from plumbing.validation import Violations, requested_items
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
 
@@ -44,7 +45,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return pb.ListProductsResponse(products=[product_to_pb(p) for p in self.store.list_products()])
 
     def GetProduct(self, request, context):
-        return product_to_pb(self.store.get_product(valid_id(request, "product_id")))
+        return product_to_pb(self.store.get_product(request.product_id))
 
     def CheckAvailability(self, request, context):
         violations = Violations()
@@ -67,34 +68,22 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return pb.CheckAvailabilityResponse(available=all(line.in_stock for line in lines), items=lines)
 
     def UpsertProduct(self, request, context):
-        violations = Violations()
-        violations.check_id("product_id", request.product_id)
         fields = {
             name: getattr(request, name) if request.HasField(name) else None
             for name in ("name", "price_cents", "currency", "available")
         }
-        stock.check_product_fields(violations, **fields)
-        violations.raise_if_any()
         if fields["name"] is not None:
             fields["name"] = fields["name"].strip()
         return product_to_pb(self.store.upsert_product(request.product_id, **fields))
 
     def AdjustStock(self, request, context):
-        violations = Violations()
-        violations.check_id("product_id", request.product_id)
-        stock.check_adjustment(violations, request.delta, request.reason)
-        violations.raise_if_any()
         product = self.store.adjust_stock(request.product_id, request.delta, request.reason)
         return product_to_pb(product)
 
     def Reserve(self, request, context):
-        violations = Violations()
-        violations.check_id("order_id", request.order_id)
-        check_items(((i.product_id, i.quantity) for i in request.items), violations)
-        violations.raise_if_any()
         items = [(i.product_id, i.quantity) for i in request.items]
         reservation = self.store.reserve(request.order_id, stock.quantities_by_product(items))
         return reservation_to_pb(reservation)
 
     def Release(self, request, context):
-        return reservation_to_pb(self.store.release(valid_id(request, "order_id")))
+        return reservation_to_pb(self.store.release(request.order_id))

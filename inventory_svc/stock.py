@@ -1,15 +1,9 @@
-"""Stock rules, with no gRPC and no SQL: what a valid product is, how an
-order's items become per-product quantities, and the seed catalog."""
+"""Stock rules, with no gRPC and no SQL: a product and a reservation, how an
+order's items become per-product quantities, and the seed catalog. What a
+valid product field is, is declared in the proto (UpsertProductRequest)."""
 
 from collections import Counter
 from dataclasses import dataclass
-
-from plumbing.validation import Violations
-
-MAX_PRICE_CENTS = 100_000_000  # $1,000,000: a typo guard, not a business rule
-MAX_STOCK = 1_000_000_000
-MAX_NAME_LENGTH = 200
-MAX_REASON_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -59,29 +53,3 @@ def quantities_by_product(items: list[tuple[str, int]]) -> dict[str, int]:
     for product_id, quantity in items:
         totals[product_id] += quantity
     return dict(sorted(totals.items()))
-
-
-def check_product_fields(
-    violations: Violations,
-    name: str | None,
-    price_cents: int | None,
-    currency: str | None,
-    available: int | None,
-) -> None:
-    if name is not None and not 1 <= len(name.strip()) <= MAX_NAME_LENGTH:
-        violations.add("name", f"must be 1 to {MAX_NAME_LENGTH} characters")
-    if price_cents is not None:
-        violations.check_range("price_cents", price_cents, 0, MAX_PRICE_CENTS)
-    if currency is not None:
-        violations.check_currency("currency", currency)
-    if available is not None:
-        violations.check_range("available", available, 0, MAX_STOCK)
-
-
-def check_adjustment(violations: Violations, delta: int, reason: str) -> None:
-    if delta == 0:
-        violations.add("delta", "must not be 0")
-    elif abs(delta) > MAX_STOCK:
-        violations.add("delta", f"must be between -{MAX_STOCK} and {MAX_STOCK}")
-    if len(reason) > MAX_REASON_LENGTH:
-        violations.add("reason", f"must be at most {MAX_REASON_LENGTH} characters")

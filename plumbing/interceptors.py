@@ -1,7 +1,8 @@
 """The server interceptor every service runs: with TLS on, the caller table
 first (plumbing/access.py); then request id, deadline, the customer's
-identity (and the admin scope on admin RPCs), one log line per RPC (DEBUG
-when it went well), go-grpc-prometheus metrics, and ShopError -> status."""
+identity (and the admin scope on admin RPCs), the request's field rules
+(plumbing/field_rules.py), one log line per RPC (DEBUG when it went well),
+go-grpc-prometheus metrics, and ShopError -> status."""
 
 import logging
 import threading
@@ -9,7 +10,7 @@ import time
 
 import grpc
 
-from plumbing import access, metrics, tracing
+from plumbing import access, field_rules, metrics, tracing
 from plumbing.deadlines import deadline_from_remaining, deadline_var
 from plumbing.errors import ShopError, database_unavailable
 from plumbing.identity import (
@@ -64,9 +65,11 @@ class ServerInterceptor(grpc.ServerInterceptor):
         service, method = metrics.split_method(handler_call_details.method)
         behavior = handler.unary_unary
         admin = admin_rpc(handler_call_details.method)
+        # The request type's declared field rules, built once (None: it declares none).
+        rules = field_rules.request_check(handler_call_details.method)
 
         def observed(request, context):
-            return self._observe(behavior, request, context, service, method, check, admin)
+            return self._observe(behavior, request, context, service, method, check, admin, rules)
 
         wrapped = grpc.unary_unary_rpc_method_handler(
             observed,
@@ -76,7 +79,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
         self._observed[handler_call_details.method] = (handler, wrapped)
         return wrapped
 
-    def _observe(self, behavior, request, context: grpc.ServicerContext, service, method, check, admin: bool):
+    def _observe(self, behavior, request, context: grpc.ServicerContext, service, method, check, admin: bool, rules):
         request_id = subject = scopes = None
         for key, value in context.invocation_metadata():
             if key == "x-request-id":
@@ -108,6 +111,8 @@ class ServerInterceptor(grpc.ServerInterceptor):
             customer_token = caller_var.set(customer)
             if admin and customer is not None and not customer.admin:
                 raise needs_admin()
+            if rules is not None:
+                rules(request)
             response = behavior(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response

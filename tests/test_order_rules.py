@@ -1,5 +1,5 @@
 """The order domain's rules, without servers: payment methods that are card
-numbers, idempotency keys, request fingerprints, page tokens, upstream errors,
+numbers (declared on CreateOrderRequest), idempotency keys, request fingerprints, page tokens, upstream errors,
 and the order service's configuration."""
 
 import datetime as dt
@@ -8,41 +8,37 @@ import grpc
 import pytest
 
 from order_svc import saga
+from plumbing import field_rules
 from plumbing.config import ConfigError, OrderConfig
 from plumbing.errors import ShopError
 from plumbing.validation import Violations
+from shop.order.v1 import order_pb2 as pb
+
+
+def payment_method_violations(value):
+    return field_rules.violations_of(pb.CreateOrderRequest(customer_id="C1", payment_method=value))
 
 
 @pytest.mark.parametrize(
     "value", ["4242424242424242", "4242 4242 4242 4242", "4242-4242-4242-4242", "378282246310005", "424242424242"]
 )
 def test_a_card_number_is_not_a_payment_method(value):
-    violations = Violations()
-    saga.check_payment_method(violations, value)
-    ((field, description),) = violations.items
+    ((field, description),) = payment_method_violations(value)
     assert field == "payment_method" and "POST /payment_methods" in description
     assert value.replace(" ", "").replace("-", "")[-4:] not in description
 
 
-@pytest.mark.parametrize("value", ["tok_visa", "tok_chargeDeclined", "pm_0123456789abcdef01234567"])
-def test_test_tokens_and_issued_payment_method_ids_pass(value):
-    violations = Violations()
-    assert saga.check_payment_method(violations, value) == value
-    assert violations.items == []
+@pytest.mark.parametrize("value", ["tok_visa", "tok_chargeDeclined", "pm_0123456789abcdef01234567", ""])
+def test_test_tokens_issued_payment_method_ids_and_none_pass(value):
+    assert payment_method_violations(value) == []
 
 
 @pytest.mark.parametrize(
     "value", ["12345678901", "12345678901234567890", "pm_0123", "PM_0123456789ABCDEF01234567", "visa", "tok_"]
 )
 def test_anything_else_is_refused_naming_the_forms_a_payment_method_takes(value):
-    violations = Violations()
-    saga.check_payment_method(violations, value)
-    ((field, description),) = violations.items
+    ((field, description),) = payment_method_violations(value)
     assert field == "payment_method" and "tok_" in description and "pm_" in description
-
-
-def test_payment_method_defaults_to_tok_visa():
-    assert saga.check_payment_method(Violations(), "") == "tok_visa"
 
 
 @pytest.mark.parametrize("key, valid", [("k", True), ("x" * 255, True), ("a b~!", True), ("", False), ("x" * 256, False), ("é", False), ("a\tb", False)])
@@ -80,11 +76,12 @@ def test_anything_but_an_issued_token_is_refused(token):
 
 @pytest.mark.parametrize("page_size, valid, size", [(0, True, 50), (1, True, 1), (200, True, 200), (201, False, None), (-1, False, None)])
 def test_page_size_is_50_by_default_and_at_most_200(page_size, valid, size):
-    violations = Violations()
-    got, _ = saga.check_page(violations, "", page_size, "")
-    assert (violations.items == []) is valid
+    # The bounds are declared on ListOrdersRequest.page_size; the default is the saga's.
+    assert (field_rules.violations_of(pb.ListOrdersRequest(page_size=page_size)) == []) is valid
     if valid:
-        assert got == size
+        violations = Violations()
+        got, _ = saga.check_page(violations, "", page_size, "")
+        assert violations.items == [] and got == size
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """payment_svc.charges on its own: Luhn, brand detection, expiry, CVC,
-tokenization and what the simulated processor answers."""
+tokenization and what the simulated processor answers; with the field rules
+the payment proto declares on a card and a charge, checked first as the
+service's interceptor checks them."""
 
 import dataclasses
 import datetime as dt
@@ -8,14 +10,19 @@ import re
 import pytest
 
 from payment_svc import charges
+from plumbing import field_rules
 from plumbing.errors import ShopError
-from plumbing.validation import Violations
+from shop.payment.v1 import payment_pb2 as pb
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 
 
 def violations_of(number="4242424242424242", exp_month=12, exp_year=2030, cvc="123", now=NOW):
+    """What the payment service refuses a card with: the declared field rules
+    first, then what tokenize checks across fields."""
+    card = pb.Card(number=number, exp_month=exp_month, exp_year=exp_year, cvc=cvc)
     with pytest.raises(ShopError) as info:
+        field_rules.check_request(pb.CreatePaymentMethodRequest(card=card))
         charges.tokenize(number, exp_month, exp_year, cvc, now)
     return info.value
 
@@ -155,9 +162,15 @@ def test_an_expired_card_is_refused_on_the_field_that_is_past():
     assert [f for f, _ in violations_of(exp_month=5, exp_year=2026).violations] == ["card.exp_month"]
 
 
-def test_every_problem_of_a_card_is_reported_at_once():
-    error = violations_of(number="4242424242424241", exp_month=13, exp_year=99, cvc="1")
+def test_every_broken_rule_of_a_card_is_reported_at_once():
+    error = violations_of(number="4242-4242", exp_month=13, exp_year=99, cvc="1")
     assert [f for f, _ in error.violations] == ["card.number", "card.exp_month", "card.exp_year", "card.cvc"]
+
+
+def test_every_problem_tokenize_finds_is_reported_at_once():
+    # An amex prefix with a bad check digit, and a CVC of 3 digits: amex's has 4.
+    error = violations_of(number="378282246310006", cvc="987")
+    assert [f for f, _ in error.violations] == ["card.number", "card.cvc"]
 
 
 def test_test_tokens_match_the_documented_cards():
@@ -195,10 +208,9 @@ def test_authorize_captures_declines_and_declines_an_expired_card():
         (100, "", ["currency"]),
     ],
 )
-def test_charge_amount_and_currency_checks(amount_cents, currency, fields):
-    violations = Violations()
-    charges.check_charge(violations, amount_cents, currency)
-    assert [f for f, _ in violations.items] == fields
+def test_charge_amount_and_currency_rules(amount_cents, currency, fields):
+    request = pb.ChargeRequest(order_id="o1", amount_cents=amount_cents, currency=currency, payment_method="tok_visa")
+    assert [f for f, _ in field_rules.violations_of(request)] == fields
 
 
 def test_payment_ids_are_pay_and_24_hex():

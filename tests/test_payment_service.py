@@ -107,14 +107,22 @@ def test_create_payment_method_without_a_card_is_invalid(stub):
     assert [f for f, _ in error.violations] == ["card"]
 
 
-def test_bad_card_names_every_field_and_never_quotes_the_number_or_cvc(stub):
-    # An amex prefix with a bad check digit: the CVC is judged as amex's (4 digits).
-    number, cvc = "378282246310006", "987"
-    card = pb.Card(number=number, exp_month=13, exp_year=99, cvc=cvc)
+@pytest.mark.parametrize(
+    "number, exp_month, exp_year, cvc, fields",
+    [
+        # The declared field rules, all broken at once.
+        ("4242-4242-4242-4242", 13, 99, "98765", ["card.number", "card.exp_month", "card.exp_year", "card.cvc"]),
+        # Past the rules, what needs more than one field: an amex prefix with a
+        # bad check digit, and a CVC judged as amex's (4 digits).
+        ("378282246310006", 12, NEXT_YEAR, "987", ["card.number", "card.cvc"]),
+    ],
+)
+def test_bad_card_names_every_field_and_never_quotes_the_number_or_cvc(stub, number, exp_month, exp_year, cvc, fields):
+    card = pb.Card(number=number, exp_month=exp_month, exp_year=exp_year, cvc=cvc)
     raw = error_of(stub.CreatePaymentMethod, pb.CreatePaymentMethodRequest(card=card))
     error = from_rpc_error(raw)
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
-    assert [f for f, _ in error.violations] == ["card.number", "card.exp_month", "card.exp_year", "card.cvc"]
+    assert [f for f, _ in error.violations] == fields
     details = raw.details() + repr(error.violations) + repr(error.metadata)
     trailers = b"".join(v if isinstance(v, bytes) else v.encode() for _, v in raw.trailing_metadata())
     assert number not in details and number.encode() not in trailers
@@ -268,7 +276,9 @@ def test_unknown_payment_method_is_invalid_on_payment_method_and_not_quoted(stub
         ("o1", 100, "usd", "tok_visa", ["currency"]),
         ("o1", 100, "", "tok_visa", ["currency"]),
         ("o1", 100, "USD", "", ["payment_method"]),
-        ("", 0, "dollars", "tok_nope", ["order_id", "amount_cents", "currency", "payment_method"]),
+        # Every broken field rule at once (an unknown token is found only past them).
+        ("", 0, "dollars", "tok_nope", ["order_id", "amount_cents", "currency"]),
+        ("o1", 100, "USD", "tok_nope", ["payment_method"]),
     ],
 )
 def test_charge_validates_its_fields(stub, order_id, amount_cents, currency, payment_method, fields):

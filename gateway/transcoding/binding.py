@@ -1,5 +1,6 @@
 """Request binding: the request message of a route from its path, query and
-JSON body, as grpc-gateway binds them.
+JSON body, as grpc-gateway binds them, checked against the field rules the
+protos declare (plumbing/field_rules.py) before anything is called.
 
 The JSON is checked against the descriptor first, so that every error names
 the field and none echoes a value back (a value may be a card number); then
@@ -19,6 +20,7 @@ from google.protobuf.message import Message
 
 from gateway.transcoding.json_types import FLOAT_TYPES, FLOAT_WORDS, INTEGER_TYPES, is_map, well_known
 from gateway.transcoding.routes import Binding
+from plumbing import field_rules
 
 
 class RequestError(Exception):
@@ -55,6 +57,9 @@ def build_request(
         _set_path_field(request, variable.field_path, path_values[variable.rule_name], binding)
     if query:
         _apply_query(request, binding, query)
+    violations = field_rules.violations_of(request)
+    if violations:
+        raise invalid(violations)
     return request
 
 

@@ -1,7 +1,12 @@
 """The route table, from the descriptors: each public RPC's google.api.http
 rule (and its additional_bindings) becomes a Binding, with the
 shop.api.v1.http options the HTTP rule cannot say (201 and Location, admin,
-refused body fields). RPCs without a rule stay internal."""
+refused body fields). RPCs without a rule stay internal.
+
+A path variable whose field refuses some words (a product id is never
+"check") does not match them, so a path such as /inventory/check belongs to
+its own route alone: another method there answers 405 with Allow, as on any
+route, instead of reading a product named "check"."""
 
 import functools
 import re
@@ -13,6 +18,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 from werkzeug.routing import BaseConverter
 
+from plumbing.field_rules import declared_rules, format_rule
 from shop.api.v1 import http_options_pb2
 
 
@@ -102,11 +108,16 @@ def _binding(
 
     def to_rule_variable(match: re.Match) -> str:
         field_path, segments = match.group(1), match.group(2)
-        _field_at(method.input_type, field_path)  # fails loudly on a typo in the proto
+        field = _field_at(method.input_type, field_path)  # fails loudly on a typo in the proto
         rule_name = field_path.replace(".", "__")
         variables.append(PathVariable(rule_name, field_path))
         # "{name}" and "{name=*}" bind one segment; anything longer may span several.
-        return f"<{rule_name}>" if segments in (None, "*") else f"<path:{rule_name}>"
+        if segments not in (None, "*"):
+            return f"<path:{rule_name}>"
+        words = _refused_words(field)
+        if words:
+            return f"<{NOT_IN_CONVERTER}({', '.join(map(repr, words))}):{rule_name}>"
+        return f"<{rule_name}>"
 
     flask_rule = VARIABLE.sub(to_rule_variable, template)
     if rule.body not in ("", "*"):
@@ -125,6 +136,25 @@ def _binding(
     )
 
 
+def _refused_words(field: FieldDescriptor) -> tuple[str, ...]:
+    rules = declared_rules(field)
+    if rules is None or not rules.format:
+        return ()
+    return tuple(format_rule(rules.format).not_in)
+
+
+# The name Flask rules use for NotInConverter (app.url_map.converters).
+NOT_IN_CONVERTER = "not_in"
+
+
+class NotInConverter(BaseConverter):
+    """One path segment, but none of the given words."""
+
+    def __init__(self, url_map, *words: str):
+        super().__init__(url_map)
+        self.regex = "(?!(?:" + "|".join(re.escape(word) for word in words) + ")$)[^/]+"
+
+
 def _field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
     field = None
     for name in field_path.split("."):
@@ -136,31 +166,3 @@ def _field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
         descriptor = field.message_type
     return field
 
-
-def rule_refusing(binding: Binding, shadowing: list[str]) -> str:
-    """`binding`'s Flask rule with each one-segment variable refusing the
-    words the `shadowing` templates put in its place (the `not_one_of`
-    converter, gateway/app.py)."""
-    segments = binding.rule.strip("/").split("/")
-    refused: dict[int, set[str]] = {}
-    for template in shadowing:
-        for index, word in enumerate(template.strip("/").split("/")):
-            if segments[index].startswith("<") and not segments[index].startswith("<path:"):
-                refused.setdefault(index, set()).add(word)
-    for index, words in refused.items():
-        listed = ", ".join(repr(word) for word in sorted(words))
-        segments[index] = f"<{NOT_ONE_OF}({listed}):{segments[index][1:-1]}>"
-    return "/" + "/".join(segments)
-
-
-# The name of the converter that rule_refusing's rules use.
-NOT_ONE_OF = "not_one_of"
-
-
-class NotOneOf(BaseConverter):
-    """One path segment, but none of the given words (werkzeug's `any`,
-    the other way round)."""
-
-    def __init__(self, url_map, *words: str):
-        super().__init__(url_map)
-        self.regex = "(?!(?:" + "|".join(re.escape(word) for word in words) + ")$)[^/]+"

@@ -23,16 +23,51 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from shop.api.v1 import field_rules_pb2 as shop_dot_api_dot_v1_dot_field__rules__pb2
 from shop.api.v1 import http_options_pb2 as shop_dot_api_dot_v1_dot_http__options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1eshop/api/v1/http_options.proto\"e\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprice_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\",\n\x04Item\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"\x15\n\x13ListProductsRequest\"D\n\x14ListProductsResponse\x12,\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.Product\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"h\n\x18\x43heckAvailabilityRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.shop.inventory.v1.Item\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\"]\n\x10ItemAvailability\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x10\n\x08in_stock\x18\x04 \x01(\x08\"b\n\x19\x43heckAvailabilityResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x32\n\x05items\x18\x02 \x03(\x0b\x32#.shop.inventory.v1.ItemAvailability\"\xba\x01\n\x14UpsertProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0bprice_cents\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x15\n\x08\x63urrency\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x16\n\tavailable\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\x07\n\x05_nameB\x0e\n\x0c_price_centsB\x0b\n\t_currencyB\x0c\n\n_available\"G\n\x12\x41\x64justStockRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x0eReserveRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.shop.inventory.v1.Item\"`\n\x0cReservedItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"\x85\x01\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.shop.inventory.v1.ReservationStatus\x12.\n\x05items\x18\x03 \x03(\x0b\x32\x1f.shop.inventory.v1.ReservedItem\"\"\n\x0eReleaseRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t*S\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08RESERVED\x10\x01\x12\x0c\n\x08RELEASED\x10\x02\x32\x9b\x07\n\x10InventoryService\x12\x86\x01\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"%\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x0c\x12\n/inventory\x12\x82\x01\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a\x1a.shop.inventory.v1.Product\"2\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x19\x12\x17/inventory/{product_id}\x12\x9e\x01\n\x11\x43heckAvailability\x12+.shop.inventory.v1.CheckAvailabilityRequest\x1a,.shop.inventory.v1.CheckAvailabilityResponse\".\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x15\"\x10/inventory/check:\x01*\x12\x8b\x01\n\rUpsertProduct\x12\'.shop.inventory.v1.UpsertProductRequest\x1a\x1a.shop.inventory.v1.Product\"5\x92\x82\x19\x02\x18\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x1c\x1a\x17/inventory/{product_id}:\x01*\x12\x93\x01\n\x0b\x41\x64justStock\x12%.shop.inventory.v1.AdjustStockRequest\x1a\x1a.shop.inventory.v1.Product\"A\x92\x82\x19\x02\x18\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02(\"#/inventory/{product_id}/adjustments:\x01*\x12Y\n\x07Reserve\x12!.shop.inventory.v1.ReserveRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x0b\x9a\x82\x19\x07\n\x05order\x12Y\n\x07Release\x12!.shop.inventory.v1.ReleaseRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x0b\x9a\x82\x19\x07\n\x05orderb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dshop/api/v1/field_rules.proto\x1a\x1eshop/api/v1/http_options.proto\"e\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprice_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\"A\n\x04Item\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xa2\x82\x19\x05(\x01\x30\xe8\x07\"\x15\n\x13ListProductsRequest\"D\n\x14ListProductsResponse\x12,\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.Product\"1\n\x11GetProductRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\"\x87\x01\n\x18\x43heckAvailabilityRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x17.shop.inventory.v1.ItemB\x06\xa2\x82\x19\x02@2\x12\x1c\n\nproduct_id\x18\x02 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x02\x12\x1d\n\x08quantity\x18\x03 \x01(\x05\x42\x0b\xa2\x82\x19\x07\x10\x01(\x01\x30\xe8\x07\"]\n\x10ItemAvailability\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x10\n\x08in_stock\x18\x04 \x01(\x08\"b\n\x19\x43heckAvailabilityResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x32\n\x05items\x18\x02 \x03(\x0b\x32#.shop.inventory.v1.ItemAvailability\"\xf2\x01\n\x14UpsertProductRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12\x1c\n\x04name\x18\x02 \x01(\tB\t\xa2\x82\x19\x05\x18\x05 \xc8\x01H\x00\x88\x01\x01\x12%\n\x0bprice_cents\x18\x03 \x01(\x03\x42\x0b\xa2\x82\x19\x07(\x00\x30\x80\xc2\xd7/H\x01\x88\x01\x01\x12\x1d\n\x08\x63urrency\x18\x04 \x01(\tB\x06\xa2\x82\x19\x02\x18\x03H\x02\x88\x01\x01\x12$\n\tavailable\x18\x05 \x01(\x03\x42\x0c\xa2\x82\x19\x08(\x00\x30\x80\x94\xeb\xdc\x03H\x03\x88\x01\x01\x42\x07\n\x05_nameB\x0e\n\x0c_price_centsB\x0b\n\t_currencyB\x0c\n\n_available\"s\n\x12\x41\x64justStockRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12&\n\x05\x64\x65lta\x18\x02 \x01(\x03\x42\x17\xa2\x82\x19\x13\x08\x01(\x80\xec\x94\xa3\xfc\xff\xff\xff\xff\x01\x30\x80\x94\xeb\xdc\x03\x12\x17\n\x06reason\x18\x03 \x01(\tB\x07\xa2\x82\x19\x03 \xc8\x01\"^\n\x0eReserveRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\x12\x30\n\x05items\x18\x02 \x03(\x0b\x32\x17.shop.inventory.v1.ItemB\x08\xa2\x82\x19\x04\x38\x01@2\"`\n\x0cReservedItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"\x85\x01\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.shop.inventory.v1.ReservationStatus\x12.\n\x05items\x18\x03 \x03(\x0b\x32\x1f.shop.inventory.v1.ReservedItem\",\n\x0eReleaseRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01*S\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08RESERVED\x10\x01\x12\x0c\n\x08RELEASED\x10\x02\x32\x9b\x07\n\x10InventoryService\x12\x86\x01\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"%\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x0c\x12\n/inventory\x12\x82\x01\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a\x1a.shop.inventory.v1.Product\"2\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x19\x12\x17/inventory/{product_id}\x12\x9e\x01\n\x11\x43heckAvailability\x12+.shop.inventory.v1.CheckAvailabilityRequest\x1a,.shop.inventory.v1.CheckAvailabilityResponse\".\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x15\"\x10/inventory/check:\x01*\x12\x8b\x01\n\rUpsertProduct\x12\'.shop.inventory.v1.UpsertProductRequest\x1a\x1a.shop.inventory.v1.Product\"5\x92\x82\x19\x02\x18\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x1c\x1a\x17/inventory/{product_id}:\x01*\x12\x93\x01\n\x0b\x41\x64justStock\x12%.shop.inventory.v1.AdjustStockRequest\x1a\x1a.shop.inventory.v1.Product\"A\x92\x82\x19\x02\x18\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02(\"#/inventory/{product_id}/adjustments:\x01*\x12Y\n\x07Reserve\x12!.shop.inventory.v1.ReserveRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x0b\x9a\x82\x19\x07\n\x05order\x12Y\n\x07Release\x12!.shop.inventory.v1.ReleaseRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x0b\x9a\x82\x19\x07\n\x05orderb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.inventory.v1.inventory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ITEM'].fields_by_name['product_id']._loaded_options = None
+  _globals['_ITEM'].fields_by_name['product_id']._serialized_options = b'\242\202\031\004\010\001\030\002'
+  _globals['_ITEM'].fields_by_name['quantity']._loaded_options = None
+  _globals['_ITEM'].fields_by_name['quantity']._serialized_options = b'\242\202\031\005(\0010\350\007'
+  _globals['_GETPRODUCTREQUEST'].fields_by_name['product_id']._loaded_options = None
+  _globals['_GETPRODUCTREQUEST'].fields_by_name['product_id']._serialized_options = b'\242\202\031\004\010\001\030\002'
+  _globals['_CHECKAVAILABILITYREQUEST'].fields_by_name['items']._loaded_options = None
+  _globals['_CHECKAVAILABILITYREQUEST'].fields_by_name['items']._serialized_options = b'\242\202\031\002@2'
+  _globals['_CHECKAVAILABILITYREQUEST'].fields_by_name['product_id']._loaded_options = None
+  _globals['_CHECKAVAILABILITYREQUEST'].fields_by_name['product_id']._serialized_options = b'\242\202\031\004\020\001\030\002'
+  _globals['_CHECKAVAILABILITYREQUEST'].fields_by_name['quantity']._loaded_options = None
+  _globals['_CHECKAVAILABILITYREQUEST'].fields_by_name['quantity']._serialized_options = b'\242\202\031\007\020\001(\0010\350\007'
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['product_id']._loaded_options = None
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['product_id']._serialized_options = b'\242\202\031\004\010\001\030\002'
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['name']._serialized_options = b'\242\202\031\005\030\005 \310\001'
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['price_cents']._loaded_options = None
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['price_cents']._serialized_options = b'\242\202\031\007(\0000\200\302\327/'
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['currency']._loaded_options = None
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['currency']._serialized_options = b'\242\202\031\002\030\003'
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['available']._loaded_options = None
+  _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['available']._serialized_options = b'\242\202\031\010(\0000\200\224\353\334\003'
+  _globals['_ADJUSTSTOCKREQUEST'].fields_by_name['product_id']._loaded_options = None
+  _globals['_ADJUSTSTOCKREQUEST'].fields_by_name['product_id']._serialized_options = b'\242\202\031\004\010\001\030\002'
+  _globals['_ADJUSTSTOCKREQUEST'].fields_by_name['delta']._loaded_options = None
+  _globals['_ADJUSTSTOCKREQUEST'].fields_by_name['delta']._serialized_options = b'\242\202\031\023\010\001(\200\354\224\243\374\377\377\377\377\0010\200\224\353\334\003'
+  _globals['_ADJUSTSTOCKREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_ADJUSTSTOCKREQUEST'].fields_by_name['reason']._serialized_options = b'\242\202\031\003 \310\001'
+  _globals['_RESERVEREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_RESERVEREQUEST'].fields_by_name['order_id']._serialized_options = b'\242\202\031\004\010\001\030\001'
+  _globals['_RESERVEREQUEST'].fields_by_name['items']._loaded_options = None
+  _globals['_RESERVEREQUEST'].fields_by_name['items']._serialized_options = b'\242\202\031\0048\001@2'
+  _globals['_RELEASEREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_RELEASEREQUEST'].fields_by_name['order_id']._serialized_options = b'\242\202\031\004\010\001\030\001'
   _globals['_INVENTORYSERVICE'].methods_by_name['ListProducts']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['ListProducts']._serialized_options = b'\222\202\031\002(\001\232\202\031\t\n\007gateway\202\323\344\223\002\014\022\n/inventory'
   _globals['_INVENTORYSERVICE'].methods_by_name['GetProduct']._loaded_options = None
@@ -47,36 +82,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORYSERVICE'].methods_by_name['Reserve']._serialized_options = b'\232\202\031\007\n\005order'
   _globals['_INVENTORYSERVICE'].methods_by_name['Release']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['Release']._serialized_options = b'\232\202\031\007\n\005order'
-  _globals['_RESERVATIONSTATUS']._serialized_start=1310
-  _globals['_RESERVATIONSTATUS']._serialized_end=1393
-  _globals['_PRODUCT']._serialized_start=118
-  _globals['_PRODUCT']._serialized_end=219
-  _globals['_ITEM']._serialized_start=221
-  _globals['_ITEM']._serialized_end=265
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=267
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=288
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=290
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=358
-  _globals['_GETPRODUCTREQUEST']._serialized_start=360
-  _globals['_GETPRODUCTREQUEST']._serialized_end=399
-  _globals['_CHECKAVAILABILITYREQUEST']._serialized_start=401
-  _globals['_CHECKAVAILABILITYREQUEST']._serialized_end=505
-  _globals['_ITEMAVAILABILITY']._serialized_start=507
-  _globals['_ITEMAVAILABILITY']._serialized_end=600
-  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_start=602
-  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_end=700
-  _globals['_UPSERTPRODUCTREQUEST']._serialized_start=703
-  _globals['_UPSERTPRODUCTREQUEST']._serialized_end=889
-  _globals['_ADJUSTSTOCKREQUEST']._serialized_start=891
-  _globals['_ADJUSTSTOCKREQUEST']._serialized_end=962
-  _globals['_RESERVEREQUEST']._serialized_start=964
-  _globals['_RESERVEREQUEST']._serialized_end=1038
-  _globals['_RESERVEDITEM']._serialized_start=1040
-  _globals['_RESERVEDITEM']._serialized_end=1136
-  _globals['_RESERVATION']._serialized_start=1139
-  _globals['_RESERVATION']._serialized_end=1272
-  _globals['_RELEASEREQUEST']._serialized_start=1274
-  _globals['_RELEASEREQUEST']._serialized_end=1308
-  _globals['_INVENTORYSERVICE']._serialized_start=1396
-  _globals['_INVENTORYSERVICE']._serialized_end=2319
+  _globals['_RESERVATIONSTATUS']._serialized_start=1534
+  _globals['_RESERVATIONSTATUS']._serialized_end=1617
+  _globals['_PRODUCT']._serialized_start=149
+  _globals['_PRODUCT']._serialized_end=250
+  _globals['_ITEM']._serialized_start=252
+  _globals['_ITEM']._serialized_end=317
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=319
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=340
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=342
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=410
+  _globals['_GETPRODUCTREQUEST']._serialized_start=412
+  _globals['_GETPRODUCTREQUEST']._serialized_end=461
+  _globals['_CHECKAVAILABILITYREQUEST']._serialized_start=464
+  _globals['_CHECKAVAILABILITYREQUEST']._serialized_end=599
+  _globals['_ITEMAVAILABILITY']._serialized_start=601
+  _globals['_ITEMAVAILABILITY']._serialized_end=694
+  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_start=696
+  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_end=794
+  _globals['_UPSERTPRODUCTREQUEST']._serialized_start=797
+  _globals['_UPSERTPRODUCTREQUEST']._serialized_end=1039
+  _globals['_ADJUSTSTOCKREQUEST']._serialized_start=1041
+  _globals['_ADJUSTSTOCKREQUEST']._serialized_end=1156
+  _globals['_RESERVEREQUEST']._serialized_start=1158
+  _globals['_RESERVEREQUEST']._serialized_end=1252
+  _globals['_RESERVEDITEM']._serialized_start=1254
+  _globals['_RESERVEDITEM']._serialized_end=1350
+  _globals['_RESERVATION']._serialized_start=1353
+  _globals['_RESERVATION']._serialized_end=1486
+  _globals['_RELEASEREQUEST']._serialized_start=1488
+  _globals['_RELEASEREQUEST']._serialized_end=1532
+  _globals['_INVENTORYSERVICE']._serialized_start=1620
+  _globals['_INVENTORYSERVICE']._serialized_end=2543
 # @@protoc_insertion_point(module_scope)

@@ -24,16 +24,47 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from shop.api.v1 import field_rules_pb2 as shop_dot_api_dot_v1_dot_field__rules__pb2
 from shop.api.v1 import http_options_pb2 as shop_dot_api_dot_v1_dot_http__options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eshop/api/v1/http_options.proto\"H\n\x04\x43\x61rd\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\texp_month\x18\x02 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x03 \x01(\x05\x12\x0b\n\x03\x63vc\x18\x04 \x01(\t\"A\n\x1a\x43reatePaymentMethodRequest\x12#\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x15.shop.payment.v1.Card\"h\n\rPaymentMethod\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncard_brand\x18\x02 \x01(\t\x12\x12\n\ncard_last4\x18\x03 \x01(\t\x12\x11\n\texp_month\x18\x04 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x05 \x01(\x05\"\x9f\x02\n\x07Payment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.shop.payment.v1.PaymentStatus\x12\x12\n\ncard_brand\x18\x06 \x01(\t\x12\x12\n\ncard_last4\x18\x07 \x01(\t\x12\x16\n\x0e\x64\x65\x63line_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x17GetPaymentMethodRequest\x12\x19\n\x11payment_method_id\x18\x01 \x01(\t\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\'\n\x13ListPaymentsRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"B\n\x14ListPaymentsResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.shop.payment.v1.Payment\"\x92\x01\n\rChargeRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x16\n\x0epayment_method\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x1a\n\x12placed_by_customer\x18\x06 \x01(\x08\"\x1f\n\x0bVoidRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\":\n\x0cVoidResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.shop.payment.v1.Payment\"!\n\rRefundRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t*Y\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43\x41PTURED\x10\x01\x12\x0c\n\x08\x44\x45\x43LINED\x10\x02\x12\x0c\n\x08REFUNDED\x10\x03\x32\xc8\x06\n\x0ePaymentService\x12\xa9\x01\n\x13\x43reatePaymentMethod\x12+.shop.payment.v1.CreatePaymentMethodRequest\x1a\x1e.shop.payment.v1.PaymentMethod\"E\x92\x82\x19\x19\x08\x01\x12\x15/payment_methods/{id}\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x15\"\x10/payment_methods:\x01*\x12\x97\x01\n\x10GetPaymentMethod\x12(.shop.payment.v1.GetPaymentMethodRequest\x1a\x1e.shop.payment.v1.PaymentMethod\"9\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02&\x12$/payment_methods/{payment_method_id}\x12w\n\nGetPayment\x12\".shop.payment.v1.GetPaymentRequest\x1a\x18.shop.payment.v1.Payment\"+\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x18\x12\x16/payments/{payment_id}\x12\x82\x01\n\x0cListPayments\x12$.shop.payment.v1.ListPaymentsRequest\x1a%.shop.payment.v1.ListPaymentsResponse\"%\x9a\x82\x19\x10\n\x07gateway\n\x05order\x82\xd3\xe4\x93\x02\x0b\x12\t/payments\x12O\n\x06\x43harge\x12\x1e.shop.payment.v1.ChargeRequest\x1a\x18.shop.payment.v1.Payment\"\x0b\x9a\x82\x19\x07\n\x05order\x12P\n\x04Void\x12\x1c.shop.payment.v1.VoidRequest\x1a\x1d.shop.payment.v1.VoidResponse\"\x0b\x9a\x82\x19\x07\n\x05order\x12O\n\x06Refund\x12\x1e.shop.payment.v1.RefundRequest\x1a\x18.shop.payment.v1.Payment\"\x0b\x9a\x82\x19\x07\n\x05orderb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/payment/v1/payment.proto\x12\x0fshop.payment.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dshop/api/v1/field_rules.proto\x1a\x1eshop/api/v1/http_options.proto\"r\n\x04\x43\x61rd\x12\x18\n\x06number\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x06\x12\x1b\n\texp_month\x18\x02 \x01(\x05\x42\x08\xa2\x82\x19\x04(\x01\x30\x0c\x12\x1c\n\x08\x65xp_year\x18\x03 \x01(\x05\x42\n\xa2\x82\x19\x06(\xe8\x07\x30\x8fN\x12\x15\n\x03\x63vc\x18\x04 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x07\"I\n\x1a\x43reatePaymentMethodRequest\x12+\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x15.shop.payment.v1.CardB\x06\xa2\x82\x19\x02\x08\x01\"h\n\rPaymentMethod\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncard_brand\x18\x02 \x01(\t\x12\x12\n\ncard_last4\x18\x03 \x01(\t\x12\x11\n\texp_month\x18\x04 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x05 \x01(\x05\"\x9f\x02\n\x07Payment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.shop.payment.v1.PaymentStatus\x12\x12\n\ncard_brand\x18\x06 \x01(\t\x12\x12\n\ncard_last4\x18\x07 \x01(\t\x12\x16\n\x0e\x64\x65\x63line_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x17GetPaymentMethodRequest\x12#\n\x11payment_method_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\"1\n\x11GetPaymentRequest\x12\x1c\n\npayment_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\"1\n\x13ListPaymentsRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\"B\n\x14ListPaymentsResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.shop.payment.v1.Payment\"\xc9\x01\n\rChargeRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\x12%\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x42\x0f\xa2\x82\x19\x0b(\x01\x30\x80\x80\x9a\xa6\xea\xaf\xe3\x01\x12\x18\n\x08\x63urrency\x18\x03 \x01(\tB\x06\xa2\x82\x19\x02\x18\x03\x12 \n\x0epayment_method\x18\x04 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x04\x12\x1d\n\x0b\x63ustomer_id\x18\x05 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x01\x12\x1a\n\x12placed_by_customer\x18\x06 \x01(\x08\")\n\x0bVoidRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\":\n\x0cVoidResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.shop.payment.v1.Payment\"+\n\rRefundRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01*Y\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43\x41PTURED\x10\x01\x12\x0c\n\x08\x44\x45\x43LINED\x10\x02\x12\x0c\n\x08REFUNDED\x10\x03\x32\xc8\x06\n\x0ePaymentService\x12\xa9\x01\n\x13\x43reatePaymentMethod\x12+.shop.payment.v1.CreatePaymentMethodRequest\x1a\x1e.shop.payment.v1.PaymentMethod\"E\x92\x82\x19\x19\x08\x01\x12\x15/payment_methods/{id}\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x15\"\x10/payment_methods:\x01*\x12\x97\x01\n\x10GetPaymentMethod\x12(.shop.payment.v1.GetPaymentMethodRequest\x1a\x1e.shop.payment.v1.PaymentMethod\"9\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02&\x12$/payment_methods/{payment_method_id}\x12w\n\nGetPayment\x12\".shop.payment.v1.GetPaymentRequest\x1a\x18.shop.payment.v1.Payment\"+\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x18\x12\x16/payments/{payment_id}\x12\x82\x01\n\x0cListPayments\x12$.shop.payment.v1.ListPaymentsRequest\x1a%.shop.payment.v1.ListPaymentsResponse\"%\x9a\x82\x19\x10\n\x07gateway\n\x05order\x82\xd3\xe4\x93\x02\x0b\x12\t/payments\x12O\n\x06\x43harge\x12\x1e.shop.payment.v1.ChargeRequest\x1a\x18.shop.payment.v1.Payment\"\x0b\x9a\x82\x19\x07\n\x05order\x12P\n\x04Void\x12\x1c.shop.payment.v1.VoidRequest\x1a\x1d.shop.payment.v1.VoidResponse\"\x0b\x9a\x82\x19\x07\n\x05order\x12O\n\x06Refund\x12\x1e.shop.payment.v1.RefundRequest\x1a\x18.shop.payment.v1.Payment\"\x0b\x9a\x82\x19\x07\n\x05orderb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.payment.v1.payment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CARD'].fields_by_name['number']._loaded_options = None
+  _globals['_CARD'].fields_by_name['number']._serialized_options = b'\242\202\031\004\010\001\030\006'
+  _globals['_CARD'].fields_by_name['exp_month']._loaded_options = None
+  _globals['_CARD'].fields_by_name['exp_month']._serialized_options = b'\242\202\031\004(\0010\014'
+  _globals['_CARD'].fields_by_name['exp_year']._loaded_options = None
+  _globals['_CARD'].fields_by_name['exp_year']._serialized_options = b'\242\202\031\006(\350\0070\217N'
+  _globals['_CARD'].fields_by_name['cvc']._loaded_options = None
+  _globals['_CARD'].fields_by_name['cvc']._serialized_options = b'\242\202\031\004\010\001\030\007'
+  _globals['_CREATEPAYMENTMETHODREQUEST'].fields_by_name['card']._loaded_options = None
+  _globals['_CREATEPAYMENTMETHODREQUEST'].fields_by_name['card']._serialized_options = b'\242\202\031\002\010\001'
+  _globals['_GETPAYMENTMETHODREQUEST'].fields_by_name['payment_method_id']._loaded_options = None
+  _globals['_GETPAYMENTMETHODREQUEST'].fields_by_name['payment_method_id']._serialized_options = b'\242\202\031\004\010\001\030\001'
+  _globals['_GETPAYMENTREQUEST'].fields_by_name['payment_id']._loaded_options = None
+  _globals['_GETPAYMENTREQUEST'].fields_by_name['payment_id']._serialized_options = b'\242\202\031\004\010\001\030\001'
+  _globals['_LISTPAYMENTSREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_LISTPAYMENTSREQUEST'].fields_by_name['order_id']._serialized_options = b'\242\202\031\004\010\001\030\001'
+  _globals['_CHARGEREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['order_id']._serialized_options = b'\242\202\031\004\010\001\030\001'
+  _globals['_CHARGEREQUEST'].fields_by_name['amount_cents']._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['amount_cents']._serialized_options = b'\242\202\031\013(\0010\200\200\232\246\352\257\343\001'
+  _globals['_CHARGEREQUEST'].fields_by_name['currency']._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['currency']._serialized_options = b'\242\202\031\002\030\003'
+  _globals['_CHARGEREQUEST'].fields_by_name['payment_method']._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['payment_method']._serialized_options = b'\242\202\031\004\010\001\030\004'
+  _globals['_CHARGEREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_CHARGEREQUEST'].fields_by_name['customer_id']._serialized_options = b'\242\202\031\004\020\001\030\001'
+  _globals['_VOIDREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_VOIDREQUEST'].fields_by_name['order_id']._serialized_options = b'\242\202\031\004\010\001\030\001'
+  _globals['_REFUNDREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_REFUNDREQUEST'].fields_by_name['order_id']._serialized_options = b'\242\202\031\004\010\001\030\001'
   _globals['_PAYMENTSERVICE'].methods_by_name['CreatePaymentMethod']._loaded_options = None
   _globals['_PAYMENTSERVICE'].methods_by_name['CreatePaymentMethod']._serialized_options = b'\222\202\031\031\010\001\022\025/payment_methods/{id}\232\202\031\t\n\007gateway\202\323\344\223\002\025\"\020/payment_methods:\001*'
   _globals['_PAYMENTSERVICE'].methods_by_name['GetPaymentMethod']._loaded_options = None
@@ -48,32 +79,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTSERVICE'].methods_by_name['Void']._serialized_options = b'\232\202\031\007\n\005order'
   _globals['_PAYMENTSERVICE'].methods_by_name['Refund']._loaded_options = None
   _globals['_PAYMENTSERVICE'].methods_by_name['Refund']._serialized_options = b'\232\202\031\007\n\005order'
-  _globals['_PAYMENTSTATUS']._serialized_start=1163
-  _globals['_PAYMENTSTATUS']._serialized_end=1252
-  _globals['_CARD']._serialized_start=145
-  _globals['_CARD']._serialized_end=217
-  _globals['_CREATEPAYMENTMETHODREQUEST']._serialized_start=219
-  _globals['_CREATEPAYMENTMETHODREQUEST']._serialized_end=284
-  _globals['_PAYMENTMETHOD']._serialized_start=286
-  _globals['_PAYMENTMETHOD']._serialized_end=390
-  _globals['_PAYMENT']._serialized_start=393
-  _globals['_PAYMENT']._serialized_end=680
-  _globals['_GETPAYMENTMETHODREQUEST']._serialized_start=682
-  _globals['_GETPAYMENTMETHODREQUEST']._serialized_end=734
-  _globals['_GETPAYMENTREQUEST']._serialized_start=736
-  _globals['_GETPAYMENTREQUEST']._serialized_end=775
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=777
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=816
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=818
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=884
-  _globals['_CHARGEREQUEST']._serialized_start=887
-  _globals['_CHARGEREQUEST']._serialized_end=1033
-  _globals['_VOIDREQUEST']._serialized_start=1035
-  _globals['_VOIDREQUEST']._serialized_end=1066
-  _globals['_VOIDRESPONSE']._serialized_start=1068
-  _globals['_VOIDRESPONSE']._serialized_end=1126
-  _globals['_REFUNDREQUEST']._serialized_start=1128
-  _globals['_REFUNDREQUEST']._serialized_end=1161
-  _globals['_PAYMENTSERVICE']._serialized_start=1255
-  _globals['_PAYMENTSERVICE']._serialized_end=2095
+  _globals['_PAYMENTSTATUS']._serialized_start=1349
+  _globals['_PAYMENTSTATUS']._serialized_end=1438
+  _globals['_CARD']._serialized_start=176
+  _globals['_CARD']._serialized_end=290
+  _globals['_CREATEPAYMENTMETHODREQUEST']._serialized_start=292
+  _globals['_CREATEPAYMENTMETHODREQUEST']._serialized_end=365
+  _globals['_PAYMENTMETHOD']._serialized_start=367
+  _globals['_PAYMENTMETHOD']._serialized_end=471
+  _globals['_PAYMENT']._serialized_start=474
+  _globals['_PAYMENT']._serialized_end=761
+  _globals['_GETPAYMENTMETHODREQUEST']._serialized_start=763
+  _globals['_GETPAYMENTMETHODREQUEST']._serialized_end=825
+  _globals['_GETPAYMENTREQUEST']._serialized_start=827
+  _globals['_GETPAYMENTREQUEST']._serialized_end=876
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=878
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=927
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=929
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=995
+  _globals['_CHARGEREQUEST']._serialized_start=998
+  _globals['_CHARGEREQUEST']._serialized_end=1199
+  _globals['_VOIDREQUEST']._serialized_start=1201
+  _globals['_VOIDREQUEST']._serialized_end=1242
+  _globals['_VOIDRESPONSE']._serialized_start=1244
+  _globals['_VOIDRESPONSE']._serialized_end=1302
+  _globals['_REFUNDREQUEST']._serialized_start=1304
+  _globals['_REFUNDREQUEST']._serialized_end=1347
+  _globals['_PAYMENTSERVICE']._serialized_start=1441
+  _globals['_PAYMENTSERVICE']._serialized_end=2281
 # @@protoc_insertion_point(module_scope)
