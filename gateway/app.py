@@ -25,7 +25,7 @@ from gateway.responses import json_response
 from gateway.transcoding import Binding, RequestError, build_request, location_for, response_json, route_table
 from gateway.transcoding.routes import NOT_IN_CONVERTER, NotInConverter
 from gateway.upstreams import SERVICES, Upstreams, shop_backends
-from plumbing import tracing
+from plumbing import field_rules, tracing
 from plumbing.identity import Caller
 from plumbing.logs import accepted_request_id, request_id_var
 
@@ -76,6 +76,8 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
     config = config or GatewayConfig.from_env()
     config.validate()
     bindings = route_table(SERVICES)
+    for service in SERVICES.values():
+        field_rules.prepare_service(service.full_name)
     read_methods: dict[str, list[str]] = {}
     for binding in bindings:
         if binding.verb == "GET":

@@ -1,5 +1,9 @@
 """/openapi.json: an OpenAPI 3 document generated from the same route table
-and message descriptors the gateway serves from, so it cannot drift."""
+and message descriptors the gateway serves from, so it cannot drift. This
+module puts it together: each route's path, parameters and bodies. What each
+operation answers, the headers, security, examples and links come from
+gateway/openapi_operations.py; the schemas of messages and fields, with the
+field rules the protos declare, from gateway/schemas.py."""
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
@@ -9,13 +13,7 @@ from gateway.openapi_examples import OPERATIONS_EXAMPLES
 from gateway.schemas import MessageSchemas, must_be_given
 from gateway.transcoding import Binding
 from gateway.transcoding.json_types import WELL_KNOWN_TYPES
-
-
-def _field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
-    *parents, name = field_path.split(".")
-    for parent in parents:
-        descriptor = descriptor.fields_by_name[parent].message_type
-    return descriptor.fields_by_name[name]
+from gateway.transcoding.routes import field_at
 
 
 def _query_parameters(
@@ -46,7 +44,7 @@ def _operation(binding: Binding, schemas: MessageSchemas, gatekeeper: Gatekeeper
             "name": variable.field_path,
             "in": "path",
             "required": True,
-            "schema": schemas.parameter(_field_at(method.input_type, variable.field_path)),
+            "schema": schemas.parameter(field_at(method.input_type, variable.field_path)),
         }
         for variable in binding.variables
     ]

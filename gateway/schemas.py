@@ -1,7 +1,8 @@
 """JSON Schema of the protos' messages and fields for /openapi.json, with the
 field rules they declare (protos/shop/api/v1/field_rules.proto): a format's
 pattern and refused words, minimum/maximum, maxLength, minItems/maxItems,
-enum membership, and which fields a request must carry. The gateway
+enum membership, which fields a request must carry, and its alternative
+forms (oneOf). The gateway
 (gateway/openapi.py) documents operations; this says what each value may be,
 from the same declarations the services and the gateway enforce
 (plumbing/field_rules.py)."""
@@ -11,7 +12,7 @@ import re
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.transcoding.json_types import SCALAR_SCHEMAS, WELL_KNOWN_TYPES
-from plumbing.field_rules import declared_rules, format_rule
+from plumbing.field_rules import declared_forms, declared_rules, format_rule
 from shop.api.v1 import field_rules_pb2
 
 REF = "#/components/schemas/"
@@ -42,6 +43,16 @@ class MessageSchemas:
         required = [field.name for field in fields if must_be_given(field)]
         if required:
             schema["required"] = required
+        forms = declared_forms(descriptor)
+        if forms:
+            # Exactly one form is given: each of its fields present and not its zero value.
+            schema["oneOf"] = [
+                {
+                    "required": list(form),
+                    "properties": {name: _given(descriptor.fields_by_name[name]) for name in form},
+                }
+                for form in forms
+            ]
         return schema
 
     def field(self, field: FieldDescriptor) -> dict:
@@ -129,6 +140,17 @@ def _value_rules(field: FieldDescriptor, rules: field_rules_pb2.FieldRules) -> d
     if rules.defined_only and field.type == FieldDescriptor.TYPE_ENUM:
         schema["enum"] = [value.name for value in field.enum_type.values if value.number]
     return schema
+
+
+def _given(field: FieldDescriptor) -> dict:
+    """What a value must be to count as given (not the field's zero value)."""
+    if field.is_repeated:
+        return {"minItems": 1}
+    if field.cpp_type == FieldDescriptor.CPPTYPE_STRING:
+        return {"minLength": 1}
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return {}
+    return {"not": {"enum": [_zero(field)]}}
 
 
 def _zero(field: FieldDescriptor):

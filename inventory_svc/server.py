@@ -4,7 +4,7 @@ request has passed its field rules (declared in the proto) already."""
 from inventory_svc import stock
 from inventory_svc.store import InventoryStore
 from plumbing.errors import not_found
-from plumbing.validation import Violations, requested_items
+from plumbing.validation import requested_items
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
 
@@ -48,10 +48,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return product_to_pb(self.store.get_product(request.product_id))
 
     def CheckAvailability(self, request, context):
-        violations = Violations()
-        items = requested_items(request, violations)
-        violations.raise_if_any()
-        quantities = stock.quantities_by_product(items)
+        quantities = stock.quantities_by_product(requested_items(request))
         found = self.store.get_products(list(quantities))
         for product_id in quantities:
             if product_id not in found:

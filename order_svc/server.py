@@ -50,7 +50,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         if not customer_id:
             # Left out of the body, it is the signed-in customer (AUTH=jwt); without one, required.
             violations.add("customer_id", "is required")
-        items = requested_items(request, violations)
+        items = requested_items(request)
         payment_method = request.payment_method or saga.DEFAULT_PAYMENT_METHOD
         key = saga.check_idempotency_key(violations, _metadata_value(context, IDEMPOTENCY_KEY))
         violations.raise_if_any()

@@ -1,8 +1,10 @@
-"""The field rules declared in the protos (shop.api.v1.rules on a field; see
+"""The field rules declared in the protos (shop.api.v1.rules on a field, and
+shop.api.v1.message_rules on a request with alternative forms; see
 protos/shop/api/v1/field_rules.proto), as plain-Python checks.
 
-The checks of a message type are built once, from its descriptor, the first
-time one is checked; checking a request then walks only the fields that
+The checks of a message type are built once, from its descriptor: at start
+for the requests of the services a process serves or calls
+(prepare_service), so checking a request then only walks the fields that
 carry rules. Every service runs them in its server interceptor, after the
 caller check (plumbing/interceptors.py), and the gateway when it binds a
 request (gateway/transcoding/binding.py). A violation names the field and the
@@ -42,6 +44,16 @@ def format_rule(fmt: int) -> field_rules_pb2.FormatRule:
     """What a Format asks of a string, from the option on its enum value."""
     value = field_rules_pb2.Format.DESCRIPTOR.values_by_number[fmt]
     return value.GetOptions().Extensions[field_rules_pb2.format_rule]
+
+
+def prepare_service(full_name: str) -> None:
+    """Build the checks of every request of a service, before it serves."""
+    try:
+        service = descriptor_pool.Default().FindServiceByName(full_name)
+    except KeyError:
+        return  # not one of the shop's protos: it declares no rules
+    for method in service.methods:
+        _message_check(method.input_type)
 
 
 def violations_of(message: Message) -> Violations:
@@ -89,6 +101,9 @@ def _message_check(descriptor: Descriptor):
         checks = [check for field in descriptor.fields if (check := _field_check(field)) is not None]
     finally:
         _being_built.discard(descriptor.full_name)
+    forms = declared_forms(descriptor)
+    if forms:
+        checks.append(_forms_check(descriptor, forms))
     if not checks:
         return None
 
@@ -97,6 +112,43 @@ def _message_check(descriptor: Descriptor):
             check(message, path, violations)
 
     return check_message
+
+
+def declared_forms(descriptor: Descriptor) -> list[tuple[str, ...]]:
+    """The alternative forms a message declares: groups of field names."""
+    options = descriptor.GetOptions()
+    if not options.HasExtension(field_rules_pb2.message_rules):
+        return []
+    return [tuple(group.fields) for group in options.Extensions[field_rules_pb2.message_rules].forms]
+
+
+def _forms_check(descriptor: Descriptor, forms: list[tuple[str, ...]]):
+    fields = {name: descriptor.fields_by_name[name] for form in forms for name in form}
+    named = " or ".join(" and ".join(form) for form in forms)
+    only_one = "not both" if len(forms) == 2 else "only one of them"
+
+    def given(message: Message, name: str) -> bool:
+        field = fields[name]
+        if field.is_repeated:
+            return len(getattr(message, name)) > 0
+        if field.has_presence:
+            return message.HasField(name)
+        return bool(getattr(message, name))
+
+    def check_forms(message: Message, path: str, violations: Violations) -> None:
+        chosen = [form for form in forms if any(given(message, name) for name in form)]
+        if len(chosen) > 1:
+            violations.append((_join(path, forms[0][0]), f"give either {named}, {only_one}"))
+        elif not chosen:
+            violations.append((_join(path, forms[0][0]), f"give {named}"))
+        else:
+            form = chosen[0]
+            present = " and ".join(name for name in form if given(message, name))
+            for name in form:
+                if not given(message, name):
+                    violations.append((_join(path, name), f"is required with {present}"))
+
+    return check_forms
 
 
 def _field_check(field: FieldDescriptor):
@@ -214,7 +266,7 @@ def _max_length_check(limit: int) -> _ValueCheck:
     return check_length
 
 
-def range_description(rules: field_rules_pb2.FieldRules) -> str:
+def _range_description(rules: field_rules_pb2.FieldRules) -> str:
     if rules.HasField("min") and rules.HasField("max"):
         return f"must be between {rules.min} and {rules.max}"
     if rules.HasField("min"):
@@ -225,7 +277,7 @@ def range_description(rules: field_rules_pb2.FieldRules) -> str:
 def _range_check(rules: field_rules_pb2.FieldRules) -> _ValueCheck:
     low = rules.min if rules.HasField("min") else None
     high = rules.max if rules.HasField("max") else None
-    description = range_description(rules)
+    description = _range_description(rules)
 
     def check_range(value: int, path: str, violations: Violations) -> None:
         if (low is not None and value < low) or (high is not None and value > high):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from plumbing import field_rules, tracing
 from plumbing import tls as mtls
-from plumbing import tracing
 from plumbing.config import ConfigError, ServerConfig, TlsConfig
 from plumbing.health import SHUTTING_DOWN
 from plumbing.interceptors import ServerInterceptor
@@ -97,6 +97,7 @@ class ShopServer:
         )
         for service in services:
             service.add_to_server(service.servicer, self.server)
+            field_rules.prepare_service(service.name)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if reflection_enabled:
             enable_reflection(

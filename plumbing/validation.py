@@ -1,8 +1,9 @@
-"""Request checks the declared field rules (plumbing/field_rules.py) cannot
-say, because they look at more than one field or at more than the request:
-which form of an item list was given. Also the id pattern, taken from the
-protos, for the ids that come from elsewhere (a JWT's subject). Every
-violation is collected, so one answer names them all."""
+"""What services share about requests beyond their declared rules
+(plumbing/field_rules.py): violations collected by the checks that look past
+one request (a card's checksum, an unknown payment method), so one answer
+names them all; the lines of an item list in either of its forms; and the id
+pattern, taken from the protos, for the ids that come from elsewhere (a
+JWT's subject)."""
 
 import re
 
@@ -28,20 +29,11 @@ class Violations:
             raise invalid_argument(self.items)
 
 
-def requested_items(request, violations: Violations) -> list[tuple[str, int]]:
+def requested_items(request) -> list[tuple[str, int]]:
     """The (product_id, quantity) lines of a request with `items` or the flat
     form of the original design (`product_id` + `quantity` = one item). The
-    field rules have checked each value; this checks which form was given."""
-    flat = bool(request.product_id or request.quantity)
-    if request.items and flat:
-        violations.add("items", "give either items or product_id and quantity, not both")
-        return []
-    if flat:
-        if not request.product_id:
-            violations.add("product_id", "is required with quantity")
-        if not request.quantity:
-            violations.add("quantity", "is required with product_id")
-        return [(request.product_id, request.quantity)]
-    if not request.items:
-        violations.add("items", "at least one item is required")
-    return [(i.product_id, i.quantity) for i in request.items]
+    request's rules (declared in its proto) have checked that it gives one
+    form, and each value."""
+    if request.items:
+        return [(i.product_id, i.quantity) for i in request.items]
+    return [(request.product_id, request.quantity)]

@@ -15,7 +15,7 @@ from gateway.openapi import openapi_document
 from gateway.transcoding import RequestError, build_request, route_table
 from gateway.upstreams import SERVICES
 from plumbing.errors import from_rpc_error
-from plumbing.field_rules import declared_rules, format_rule, violations_of
+from plumbing.field_rules import declared_forms, declared_rules, format_rule, violations_of
 from shop.api.v1 import field_rules_pb2
 from shop.inventory.v1 import inventory_pb2 as inventory_pb
 from shop.inventory.v1 import inventory_pb2_grpc
@@ -73,8 +73,31 @@ def test_items_are_counted_and_each_one_checked():
     ]
 
 
+ITEM = order_pb.Item(product_id="P1", quantity=1)
+
+
+@pytest.mark.parametrize(
+    "fields, violations",
+    [
+        (dict(items=[ITEM]), []),
+        (dict(product_id="P1", quantity=2), []),
+        # Zero values are no form: an empty list, "", 0.
+        (dict(items=[], product_id="P1", quantity=2, payment_method=""), []),
+        (dict(items=[ITEM], quantity=0), []),
+        (dict(), [("items", "give items or product_id and quantity")]),
+        (dict(product_id="P1"), [("quantity", "is required with product_id")]),
+        (dict(quantity=3), [("product_id", "is required with quantity")]),
+        (
+            dict(items=[ITEM], product_id="P1"),
+            [("items", "give either items or product_id and quantity, not both")],
+        ),
+    ],
+)
+def test_an_order_gives_its_items_in_exactly_one_form(fields, violations):
+    assert violations_of(order_pb.CreateOrderRequest(customer_id="C1", **fields)) == violations
+
+
 def test_the_flat_form_is_checked_only_when_given():
-    assert violations_of(order_pb.CreateOrderRequest(customer_id="C1")) == []
     flat = order_pb.CreateOrderRequest(customer_id="C1", product_id="P/1", quantity=1001)
     assert [f for f, _ in violations_of(flat)] == ["product_id", "quantity"]
 
@@ -199,6 +222,10 @@ def _assert_carries(field, schema: dict, required_here: bool, components: dict, 
 
 
 def _assert_message_carries(descriptor, schema: dict, components: dict, seen: list, leave_out=()) -> None:
+    forms = declared_forms(descriptor)
+    if forms:
+        seen.append(f"{descriptor.full_name}:forms")
+        assert [branch["required"] for branch in schema["oneOf"]] == [list(form) for form in forms]
     for field in descriptor.fields:
         if field.name not in leave_out:
             required = field.name in schema.get("required", [])
@@ -236,9 +263,18 @@ def test_openapi_carries_every_rule_the_protos_declare():
         for message in (binding.method.input_type, *_nested(binding.method.input_type))
         for field in message.fields
         if declared_rules(field) is not None
+    } | {
+        f"{message.full_name}:forms"
+        for binding in route_table(SERVICES)
+        for message in (binding.method.input_type, *_nested(binding.method.input_type))
+        if declared_forms(message)
     }
     assert set(seen) == declared_on_public_requests
-    assert {"shop.order.v1.Item.quantity", "shop.payment.v1.ListPaymentsRequest.order_id"} <= set(seen)
+    assert {
+        "shop.order.v1.Item.quantity",
+        "shop.payment.v1.ListPaymentsRequest.order_id",
+        "shop.order.v1.CreateOrderRequest:forms",
+    } <= set(seen)
 
 
 def _nested(descriptor):

@@ -317,5 +317,5 @@ def test_integers_in_a_body_are_json_numbers_not_strings(routes):
     )
     assert error.violations == [("price_cents", "must be a 64-bit integer (a JSON number, not a string)")]
     # An integral number is still an integer, however it is written.
-    request = build_request(routes[("POST", "/orders")], {}, [], b'{"quantity": 2.0}')
+    request = build_request(routes[("POST", "/orders")], {}, [], b'{"product_id": "P001", "quantity": 2.0}')
     assert request.quantity == 2

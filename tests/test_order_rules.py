@@ -16,7 +16,8 @@ from shop.order.v1 import order_pb2 as pb
 
 
 def payment_method_violations(value):
-    return field_rules.violations_of(pb.CreateOrderRequest(customer_id="C1", payment_method=value))
+    request = pb.CreateOrderRequest(customer_id="C1", product_id="P1", quantity=1, payment_method=value)
+    return field_rules.violations_of(request)
 
 
 @pytest.mark.parametrize(

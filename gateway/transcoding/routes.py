@@ -108,7 +108,7 @@ def _binding(
 
     def to_rule_variable(match: re.Match) -> str:
         field_path, segments = match.group(1), match.group(2)
-        field = _field_at(method.input_type, field_path)  # fails loudly on a typo in the proto
+        field = field_at(method.input_type, field_path)  # fails loudly on a typo in the proto
         rule_name = field_path.replace(".", "__")
         variables.append(PathVariable(rule_name, field_path))
         # "{name}" and "{name=*}" bind one segment; anything longer may span several.
@@ -121,7 +121,7 @@ def _binding(
 
     flask_rule = VARIABLE.sub(to_rule_variable, template)
     if rule.body not in ("", "*"):
-        _field_at(method.input_type, rule.body)
+        field_at(method.input_type, rule.body)
     return Binding(
         backend=backend,
         method=method,
@@ -155,7 +155,8 @@ class NotInConverter(BaseConverter):
         self.regex = "(?!(?:" + "|".join(re.escape(word) for word in words) + ")$)[^/]+"
 
 
-def _field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
+def field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
+    """The field a path names in a request ("a.b"), or ValueError."""
     field = None
     for name in field_path.split("."):
         if descriptor is None:

@@ -27,7 +27,7 @@ from shop.api.v1 import field_rules_pb2 as shop_dot_api_dot_v1_dot_field__rules_
 from shop.api.v1 import http_options_pb2 as shop_dot_api_dot_v1_dot_http__options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dshop/api/v1/field_rules.proto\x1a\x1eshop/api/v1/http_options.proto\"e\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprice_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\"A\n\x04Item\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xa2\x82\x19\x05(\x01\x30\xe8\x07\"\x15\n\x13ListProductsRequest\"D\n\x14ListProductsResponse\x12,\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.Product\"1\n\x11GetProductRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\"\x87\x01\n\x18\x43heckAvailabilityRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x17.shop.inventory.v1.ItemB\x06\xa2\x82\x19\x02@2\x12\x1c\n\nproduct_id\x18\x02 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x02\x12\x1d\n\x08quantity\x18\x03 \x01(\x05\x42\x0b\xa2\x82\x19\x07\x10\x01(\x01\x30\xe8\x07\"]\n\x10ItemAvailability\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x10\n\x08in_stock\x18\x04 \x01(\x08\"b\n\x19\x43heckAvailabilityResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x32\n\x05items\x18\x02 \x03(\x0b\x32#.shop.inventory.v1.ItemAvailability\"\xf2\x01\n\x14UpsertProductRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12\x1c\n\x04name\x18\x02 \x01(\tB\t\xa2\x82\x19\x05\x18\x05 \xc8\x01H\x00\x88\x01\x01\x12%\n\x0bprice_cents\x18\x03 \x01(\x03\x42\x0b\xa2\x82\x19\x07(\x00\x30\x80\xc2\xd7/H\x01\x88\x01\x01\x12\x1d\n\x08\x63urrency\x18\x04 \x01(\tB\x06\xa2\x82\x19\x02\x18\x03H\x02\x88\x01\x01\x12$\n\tavailable\x18\x05 \x01(\x03\x42\x0c\xa2\x82\x19\x08(\x00\x30\x80\x94\xeb\xdc\x03H\x03\x88\x01\x01\x42\x07\n\x05_nameB\x0e\n\x0c_price_centsB\x0b\n\t_currencyB\x0c\n\n_available\"s\n\x12\x41\x64justStockRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12&\n\x05\x64\x65lta\x18\x02 \x01(\x03\x42\x17\xa2\x82\x19\x13\x08\x01(\x80\xec\x94\xa3\xfc\xff\xff\xff\xff\x01\x30\x80\x94\xeb\xdc\x03\x12\x17\n\x06reason\x18\x03 \x01(\tB\x07\xa2\x82\x19\x03 \xc8\x01\"^\n\x0eReserveRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\x12\x30\n\x05items\x18\x02 \x03(\x0b\x32\x17.shop.inventory.v1.ItemB\x08\xa2\x82\x19\x04\x38\x01@2\"`\n\x0cReservedItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"\x85\x01\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.shop.inventory.v1.ReservationStatus\x12.\n\x05items\x18\x03 \x03(\x0b\x32\x1f.shop.inventory.v1.ReservedItem\",\n\x0eReleaseRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01*S\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08RESERVED\x10\x01\x12\x0c\n\x08RELEASED\x10\x02\x32\x9b\x07\n\x10InventoryService\x12\x86\x01\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"%\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x0c\x12\n/inventory\x12\x82\x01\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a\x1a.shop.inventory.v1.Product\"2\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x19\x12\x17/inventory/{product_id}\x12\x9e\x01\n\x11\x43heckAvailability\x12+.shop.inventory.v1.CheckAvailabilityRequest\x1a,.shop.inventory.v1.CheckAvailabilityResponse\".\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x15\"\x10/inventory/check:\x01*\x12\x8b\x01\n\rUpsertProduct\x12\'.shop.inventory.v1.UpsertProductRequest\x1a\x1a.shop.inventory.v1.Product\"5\x92\x82\x19\x02\x18\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x1c\x1a\x17/inventory/{product_id}:\x01*\x12\x93\x01\n\x0b\x41\x64justStock\x12%.shop.inventory.v1.AdjustStockRequest\x1a\x1a.shop.inventory.v1.Product\"A\x92\x82\x19\x02\x18\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02(\"#/inventory/{product_id}/adjustments:\x01*\x12Y\n\x07Reserve\x12!.shop.inventory.v1.ReserveRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x0b\x9a\x82\x19\x07\n\x05order\x12Y\n\x07Release\x12!.shop.inventory.v1.ReleaseRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x0b\x9a\x82\x19\x07\n\x05orderb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dshop/api/v1/field_rules.proto\x1a\x1eshop/api/v1/http_options.proto\"e\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprice_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\"A\n\x04Item\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xa2\x82\x19\x05(\x01\x30\xe8\x07\"\x15\n\x13ListProductsRequest\"D\n\x14ListProductsResponse\x12,\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.Product\"1\n\x11GetProductRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\"\xae\x01\n\x18\x43heckAvailabilityRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x17.shop.inventory.v1.ItemB\x06\xa2\x82\x19\x02@2\x12\x1c\n\nproduct_id\x18\x02 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x02\x12\x1d\n\x08quantity\x18\x03 \x01(\x05\x42\x0b\xa2\x82\x19\x07\x10\x01(\x01\x30\xe8\x07:%\xb2\x82\x19!\n\x07\n\x05items\n\x16\n\nproduct_id\n\x08quantity\"]\n\x10ItemAvailability\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x10\n\x08in_stock\x18\x04 \x01(\x08\"b\n\x19\x43heckAvailabilityResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x32\n\x05items\x18\x02 \x03(\x0b\x32#.shop.inventory.v1.ItemAvailability\"\xf2\x01\n\x14UpsertProductRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12\x1c\n\x04name\x18\x02 \x01(\tB\t\xa2\x82\x19\x05\x18\x05 \xc8\x01H\x00\x88\x01\x01\x12%\n\x0bprice_cents\x18\x03 \x01(\x03\x42\x0b\xa2\x82\x19\x07(\x00\x30\x80\xc2\xd7/H\x01\x88\x01\x01\x12\x1d\n\x08\x63urrency\x18\x04 \x01(\tB\x06\xa2\x82\x19\x02\x18\x03H\x02\x88\x01\x01\x12$\n\tavailable\x18\x05 \x01(\x03\x42\x0c\xa2\x82\x19\x08(\x00\x30\x80\x94\xeb\xdc\x03H\x03\x88\x01\x01\x42\x07\n\x05_nameB\x0e\n\x0c_price_centsB\x0b\n\t_currencyB\x0c\n\n_available\"s\n\x12\x41\x64justStockRequest\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12&\n\x05\x64\x65lta\x18\x02 \x01(\x03\x42\x17\xa2\x82\x19\x13\x08\x01(\x80\xec\x94\xa3\xfc\xff\xff\xff\xff\x01\x30\x80\x94\xeb\xdc\x03\x12\x17\n\x06reason\x18\x03 \x01(\tB\x07\xa2\x82\x19\x03 \xc8\x01\"^\n\x0eReserveRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\x12\x30\n\x05items\x18\x02 \x03(\x0b\x32\x17.shop.inventory.v1.ItemB\x08\xa2\x82\x19\x04\x38\x01@2\"`\n\x0cReservedItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"\x85\x01\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.shop.inventory.v1.ReservationStatus\x12.\n\x05items\x18\x03 \x03(\x0b\x32\x1f.shop.inventory.v1.ReservedItem\",\n\x0eReleaseRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01*S\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08RESERVED\x10\x01\x12\x0c\n\x08RELEASED\x10\x02\x32\x9b\x07\n\x10InventoryService\x12\x86\x01\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"%\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x0c\x12\n/inventory\x12\x82\x01\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a\x1a.shop.inventory.v1.Product\"2\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x19\x12\x17/inventory/{product_id}\x12\x9e\x01\n\x11\x43heckAvailability\x12+.shop.inventory.v1.CheckAvailabilityRequest\x1a,.shop.inventory.v1.CheckAvailabilityResponse\".\x92\x82\x19\x02(\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x15\"\x10/inventory/check:\x01*\x12\x8b\x01\n\rUpsertProduct\x12\'.shop.inventory.v1.UpsertProductRequest\x1a\x1a.shop.inventory.v1.Product\"5\x92\x82\x19\x02\x18\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x1c\x1a\x17/inventory/{product_id}:\x01*\x12\x93\x01\n\x0b\x41\x64justStock\x12%.shop.inventory.v1.AdjustStockRequest\x1a\x1a.shop.inventory.v1.Product\"A\x92\x82\x19\x02\x18\x01\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02(\"#/inventory/{product_id}/adjustments:\x01*\x12Y\n\x07Reserve\x12!.shop.inventory.v1.ReserveRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x0b\x9a\x82\x19\x07\n\x05order\x12Y\n\x07Release\x12!.shop.inventory.v1.ReleaseRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x0b\x9a\x82\x19\x07\n\x05orderb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKAVAILABILITYREQUEST'].fields_by_name['product_id']._serialized_options = b'\242\202\031\004\020\001\030\002'
   _globals['_CHECKAVAILABILITYREQUEST'].fields_by_name['quantity']._loaded_options = None
   _globals['_CHECKAVAILABILITYREQUEST'].fields_by_name['quantity']._serialized_options = b'\242\202\031\007\020\001(\0010\350\007'
+  _globals['_CHECKAVAILABILITYREQUEST']._loaded_options = None
+  _globals['_CHECKAVAILABILITYREQUEST']._serialized_options = b'\262\202\031!\n\007\n\005items\n\026\n\nproduct_id\n\010quantity'
   _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['product_id']._loaded_options = None
   _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['product_id']._serialized_options = b'\242\202\031\004\010\001\030\002'
   _globals['_UPSERTPRODUCTREQUEST'].fields_by_name['name']._loaded_options = None
@@ -82,8 +84,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORYSERVICE'].methods_by_name['Reserve']._serialized_options = b'\232\202\031\007\n\005order'
   _globals['_INVENTORYSERVICE'].methods_by_name['Release']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['Release']._serialized_options = b'\232\202\031\007\n\005order'
-  _globals['_RESERVATIONSTATUS']._serialized_start=1534
-  _globals['_RESERVATIONSTATUS']._serialized_end=1617
+  _globals['_RESERVATIONSTATUS']._serialized_start=1573
+  _globals['_RESERVATIONSTATUS']._serialized_end=1656
   _globals['_PRODUCT']._serialized_start=149
   _globals['_PRODUCT']._serialized_end=250
   _globals['_ITEM']._serialized_start=252
@@ -95,23 +97,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPRODUCTREQUEST']._serialized_start=412
   _globals['_GETPRODUCTREQUEST']._serialized_end=461
   _globals['_CHECKAVAILABILITYREQUEST']._serialized_start=464
-  _globals['_CHECKAVAILABILITYREQUEST']._serialized_end=599
-  _globals['_ITEMAVAILABILITY']._serialized_start=601
-  _globals['_ITEMAVAILABILITY']._serialized_end=694
-  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_start=696
-  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_end=794
-  _globals['_UPSERTPRODUCTREQUEST']._serialized_start=797
-  _globals['_UPSERTPRODUCTREQUEST']._serialized_end=1039
-  _globals['_ADJUSTSTOCKREQUEST']._serialized_start=1041
-  _globals['_ADJUSTSTOCKREQUEST']._serialized_end=1156
-  _globals['_RESERVEREQUEST']._serialized_start=1158
-  _globals['_RESERVEREQUEST']._serialized_end=1252
-  _globals['_RESERVEDITEM']._serialized_start=1254
-  _globals['_RESERVEDITEM']._serialized_end=1350
-  _globals['_RESERVATION']._serialized_start=1353
-  _globals['_RESERVATION']._serialized_end=1486
-  _globals['_RELEASEREQUEST']._serialized_start=1488
-  _globals['_RELEASEREQUEST']._serialized_end=1532
-  _globals['_INVENTORYSERVICE']._serialized_start=1620
-  _globals['_INVENTORYSERVICE']._serialized_end=2543
+  _globals['_CHECKAVAILABILITYREQUEST']._serialized_end=638
+  _globals['_ITEMAVAILABILITY']._serialized_start=640
+  _globals['_ITEMAVAILABILITY']._serialized_end=733
+  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_start=735
+  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_end=833
+  _globals['_UPSERTPRODUCTREQUEST']._serialized_start=836
+  _globals['_UPSERTPRODUCTREQUEST']._serialized_end=1078
+  _globals['_ADJUSTSTOCKREQUEST']._serialized_start=1080
+  _globals['_ADJUSTSTOCKREQUEST']._serialized_end=1195
+  _globals['_RESERVEREQUEST']._serialized_start=1197
+  _globals['_RESERVEREQUEST']._serialized_end=1291
+  _globals['_RESERVEDITEM']._serialized_start=1293
+  _globals['_RESERVEDITEM']._serialized_end=1389
+  _globals['_RESERVATION']._serialized_start=1392
+  _globals['_RESERVATION']._serialized_end=1525
+  _globals['_RELEASEREQUEST']._serialized_start=1527
+  _globals['_RELEASEREQUEST']._serialized_end=1571
+  _globals['_INVENTORYSERVICE']._serialized_start=1659
+  _globals['_INVENTORYSERVICE']._serialized_end=2582
 # @@protoc_insertion_point(module_scope)
