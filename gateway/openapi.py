@@ -36,6 +36,18 @@ def _query_parameters(
     return parameters
 
 
+def _null_means_unset(body: dict) -> dict:
+    """A request body's optional fields may be null: proto3's JSON mapping
+    reads null as the field's default, as if it were left out."""
+    required = set(body.get("required", ()))
+    for name, schema in body["properties"].items():
+        if name not in required and not schema.get("nullable"):
+            body["properties"][name] = (
+                {"allOf": [schema], "nullable": True} if "$ref" in schema else {**schema, "nullable": True}
+            )
+    return body
+
+
 def _operation(binding: Binding, schemas: MessageSchemas, gatekeeper: Gatekeeper, shadowed_by: list[str]) -> dict:
     method = binding.method
     path_fields = {variable.field_path for variable in binding.variables}
@@ -56,6 +68,7 @@ def _operation(binding: Binding, schemas: MessageSchemas, gatekeeper: Gatekeeper
     }
     if binding.body == "*":
         body_schema = schemas.message(method.input_type, leave_out=path_fields)
+        body_schema = _null_means_unset(operations.customer_named(body_schema, gatekeeper.jwt))
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": body_schema, **operations.request_example(binding)}},

@@ -83,6 +83,22 @@ REQUEST_HEADERS = {
 }
 
 
+# The request field that names the customer. With AUTH=jwt a customer's token
+# stands in for it (API.md: absent means the token's subject); with AUTH=off
+# nothing does, so a body that has it must carry it.
+CUSTOMER_FIELD = "customer_id"
+
+
+def customer_named(body: dict, jwt: bool) -> dict:
+    """`body` (a request body's schema) with its customer field required
+    where nothing else names the customer."""
+    if jwt or CUSTOMER_FIELD not in body["properties"]:
+        return body
+    body["properties"][CUSTOMER_FIELD] = {**body["properties"][CUSTOMER_FIELD], "minLength": 1}
+    body["required"] = [*body.get("required", ()), CUSTOMER_FIELD]
+    return body
+
+
 @dataclass(frozen=True)
 class Answer:
     """One status an operation can answer, and why."""
@@ -309,7 +325,7 @@ def _auth_answers(binding: Binding, demand: Demand, jwt: bool) -> list[Answer]:
         answers.append(
             Answer(403, ("PERMISSION_DENIED",), f"A token without the {ADMIN_SCOPE} scope", ("WWW-Authenticate",))
         )
-    elif "customer_id" in binding.method.input_type.fields_by_name:
+    elif CUSTOMER_FIELD in binding.method.input_type.fields_by_name:
         answers.append(Answer(403, ("PERMISSION_DENIED",), "customer_id names another customer"))
     return answers
 

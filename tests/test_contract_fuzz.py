@@ -5,13 +5,14 @@ gateway served over HTTP in-process, in front of the real inventory, payment
 and order services on SQLite. A fixed seed and a bounded number of examples
 per operation keep it deterministic and within about a minute.
 
-Once with AUTH=off and the admin token, once with AUTH=jwt and a token with
-the admin scope: in both, `ignored_auth` sends each secured operation's successful
+Once with AUTH=off and the admin token, once with AUTH=jwt and a customer's
+token: in both, `ignored_auth` sends each secured operation's successful
 request again without its token, and again with a bad one, and fails unless
 the gateway refuses them.
 
-The exceptions to `--checks all` are in tests/schemathesis.toml, each with
-its reason (answers the contract gives on purpose).
+What the contract says on purpose that a schema cannot is in
+tests/schemathesis.toml, each with its reason; the one check left out,
+use_after_free, is below with its own.
 """
 
 import contextlib
@@ -29,12 +30,9 @@ from werkzeug.serving import make_server
 from gateway.app import create_app
 from gateway.config import AuthConfig
 from gateway.token import mint
-from plumbing.identity import ADMIN_SCOPE
 from tests.test_gateway_support import ADMIN_TOKEN, gateway_config, running_backends
 
 SEED = 20261129
-# Test cases per operation and phase: about 1,000 requests a pass.
-MAX_EXAMPLES = 30
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemathesis.toml")
 JWT = AuthConfig("jwt", hs256_secret="c4f1e8a2b7d9035e6a1c4f8b2d7e9a03")
 
@@ -66,10 +64,14 @@ def run_schemathesis(base_url: str, authorization: str, report_path: str) -> dic
         f"{base_url}/openapi.json",
         "--checks",
         "all",
+        # The one DELETE, DELETE /orders/{order_id}, cancels an order (API.md):
+        # the order stays, CANCELLED, and GET answers it. use_after_free expects
+        # a 404 after any DELETE. (A check's option on the command line rules
+        # over schemathesis.toml's per-operation ones, so it goes here.)
+        "--exclude-checks",
+        "use_after_free",
         "--seed",
         str(SEED),
-        "--max-examples",
-        str(MAX_EXAMPLES),
         "--workers",
         "1",
         "--generation-database",
@@ -99,9 +101,9 @@ def run_schemathesis(base_url: str, authorization: str, report_path: str) -> dic
         }
 
 
-def links_followed(events_path: str) -> set[str]:
-    """The links the stateful phase followed to a 2xx answer, by
-    schemathesis's name: "POST /orders -> [201] GetOrder -> GET /orders/{order_id}"."""
+def links_followed(events_path: str) -> set[tuple[str, str]]:
+    """The (operation, next operation) pairs the stateful phase followed a
+    link between to a 2xx answer, as ("POST /orders", "GET /orders/{order_id}")."""
     followed = set()
     with open(events_path) as events:
         for line in events:
@@ -114,17 +116,19 @@ def links_followed(events_path: str) -> set[str]:
             for case_id, case in scenario["recorder"].get("cases", {}).items():
                 response = (interactions.get(case_id) or {}).get("response") or {}
                 if case.get("is_transition_applied") and 200 <= response.get("status_code", 0) < 300:
-                    followed.add(case["transition"]["id"])
+                    # "POST /orders -> [201] GetOrder -> GET /orders/{order_id}"
+                    source, _, target = case["transition"]["id"].split(" -> ")
+                    followed.add((source, target))
     return followed
 
 
-# The chains the document's links describe, each followed to a success at
-# least once: create an order, read it, cancel it; create a payment method
+# The chains the document's links describe, each step followed to a success
+# at least once: create an order, read it, cancel it; create a payment method
 # and order with it.
 CHAINS = {
-    "POST /orders -> [201] GetOrder -> GET /orders/{order_id}",
-    "GET /orders/{order_id} -> [200] CancelOrder -> DELETE /orders/{order_id}",
-    "POST /payment_methods -> [201] CreateOrderWithIt -> POST /orders",
+    ("POST /orders", "GET /orders/{order_id}"),
+    ("GET /orders/{order_id}", "DELETE /orders/{order_id}"),
+    ("POST /payment_methods", "POST /orders"),
 }
 
 
@@ -158,9 +162,10 @@ def test_schemathesis_finds_nothing_with_auth_off(sqlite_url, tmp_path):
 
 
 def test_schemathesis_finds_nothing_with_auth_jwt(sqlite_url, tmp_path):
-    # An admin's token: every secured operation succeeds with it, so
-    # ignored_auth probes each one without it.
-    token = mint(JWT, "C123", [ADMIN_SCOPE], ttl_s=3600)
+    # A customer's token, as the shop's clients call it: ignored_auth probes
+    # each customer route without it (the admin routes answer this token 403,
+    # as documented; the AUTH=off pass probes them with ADMIN_TOKEN).
+    token = mint(JWT, "C123", [], ttl_s=3600)
     with running_backends(sqlite_url, real_orders=True) as backends:
         app = create_app(gateway_config(backends, rate_limit="1000000/minute", auth=JWT))
         with serving(app) as url:

@@ -225,3 +225,16 @@ def test_an_example_that_breaks_its_schema_is_caught(document):
     order = document["paths"]["/orders"]["post"]["responses"]["201"]["content"]["application/json"]
     with pytest.raises(jsonschema.ValidationError):
         validate(document, {**order["example"], "total_cents": "3998"}, order["schema"])
+
+
+def test_an_order_names_its_customer_unless_a_token_does():
+    off = document_in("off")["paths"]["/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    jwt = document_in("jwt")["paths"]["/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "customer_id" in off["required"] and off["properties"]["customer_id"]["minLength"] == 1
+    assert "customer_id" not in jwt.get("required", []) and jwt["properties"]["customer_id"]["nullable"]
+
+
+def test_an_optional_body_field_may_be_null_as_proto3_json_reads_it(document):
+    adjust = document["paths"]["/inventory/{product_id}/adjustments"]["post"]["requestBody"]
+    schema = adjust["content"]["application/json"]["schema"]
+    assert schema["properties"]["reason"]["nullable"] and not schema["properties"]["delta"].get("nullable")
