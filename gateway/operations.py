@@ -81,6 +81,8 @@ class OperationsRoute:
 
     path: str
     view: Callable
+    # Its operationId in /openapi.json: a stable name in the RPCs' style.
+    operation_id: str
     summary: str
     # The JSON Schema of its 200 body; None for Prometheus's text.
     schema: dict | None
@@ -94,19 +96,22 @@ OPERATIONS_ROUTES = (
     OperationsRoute(
         "/health",
         health,
+        "GetHealth",
         "Liveness of the gateway process",
         {"type": "object", "properties": {"status": {"type": "string"}}},
     ),
     OperationsRoute(
         "/ready",
         ready,
+        "GetReadiness",
         "200 when every backend's standard health check answers SERVING, else 503",
         {"type": "object", "properties": {"status": {"type": "string"}, "backends": {"type": "object"}}},
     ),
-    OperationsRoute("/metrics", prometheus_metrics, "Prometheus text exposition", None),
+    OperationsRoute("/metrics", prometheus_metrics, "GetMetrics", "Prometheus text exposition", None),
     OperationsRoute(
         "/mesh/traffic-stats",
         traffic_stats,
+        "GetTrafficStats",
         "Uptime, request totals and per-upstream requests, errors, success rate and latency",
         {
             "type": "object",
@@ -122,10 +127,11 @@ OPERATIONS_ROUTES = (
     OperationsRoute(
         "/mesh/service-status",
         mesh_service_status,
+        "GetServiceStatus",
         "Each backend's address, health status and check latency, and an overall status",
         {"type": "object", "properties": {"overall": {"type": "string"}, "backends": {"type": "object"}}},
     ),
-    OperationsRoute("/openapi.json", openapi, "This document", {"type": "object"}),
+    OperationsRoute("/openapi.json", openapi, "GetOpenApiDocument", "This document", {"type": "object"}),
 )
 # Not rate limited (API.md: one budget across all routes but these).
 UNLIMITED_PATHS = frozenset(route.path for route in OPERATIONS_ROUTES)

@@ -45,11 +45,20 @@ class MessageSchemas:
             schema["required"] = required
         forms = declared_forms(descriptor)
         if forms:
-            # Exactly one form is given: each of its fields present and not its zero value.
+            # Exactly one form is given: each of its fields present and not its
+            # zero value, and no field of another form but as its zero value.
             schema["oneOf"] = [
                 {
                     "required": list(form),
-                    "properties": {name: _given(descriptor.fields_by_name[name]) for name in form},
+                    "properties": {
+                        **{
+                            name: _not_given(descriptor.fields_by_name[name])
+                            for other in forms
+                            if other != form
+                            for name in other
+                        },
+                        **{name: _given(descriptor.fields_by_name[name]) for name in form},
+                    },
                 }
                 for form in forms
             ]
@@ -143,14 +152,22 @@ def _value_rules(field: FieldDescriptor, rules: field_rules_pb2.FieldRules) -> d
 
 
 def _given(field: FieldDescriptor) -> dict:
-    """What a value must be to count as given (not the field's zero value)."""
+    """What a value must be to count as given: not the field's zero value,
+    nor null (proto3 JSON's null means the zero value too)."""
     if field.is_repeated:
-        return {"minItems": 1}
-    if field.cpp_type == FieldDescriptor.CPPTYPE_STRING:
-        return {"minLength": 1}
+        return {"type": "array", "minItems": 1}
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return {}
-    return {"not": {"enum": [_zero(field)]}}
+        return {"type": "object"}
+    return {"not": {"enum": [_zero(field), None]}}
+
+
+def _not_given(field: FieldDescriptor) -> dict:
+    """What a value must be to count as not given: the zero value or null."""
+    if field.is_repeated:
+        return {"anyOf": [{"type": "array", "maxItems": 0}, {"enum": [None]}]}
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return {"enum": [None]}
+    return {"enum": [_zero(field), None]}
 
 
 def _zero(field: FieldDescriptor):

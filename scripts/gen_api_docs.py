@@ -24,11 +24,12 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from grpc_tools import protoc
 
-from gateway.app import OPERATIONS_ROUTES
 from gateway.auth import Gatekeeper
 from gateway.config import GatewayConfig
 from gateway.errors import HTTP_STATUS_BY_CODE
 from gateway.openapi import openapi_document
+from gateway.openapi_operations import resolved
+from gateway.operations import OPERATIONS_ROUTES
 from gateway.transcoding import route_table
 from gateway.upstreams import SERVICES
 from scripts.gen_protos import protoc_args
@@ -117,10 +118,24 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+# Statuses every transcoded route may answer; the table lists the others.
+SHARED_STATUSES = ("400", "429", "500", "503", "504")
+# Headers every route takes or answers with; the table lists the others.
+SHARED_HEADERS = ("X-Request-ID", "traceparent", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+def _reasons(response: dict) -> list[str]:
+    for part in response["content"]["application/json"]["schema"].get("allOf", []):
+        reason = part.get("properties", {}).get("error", {}).get("properties", {}).get("reason")
+        if reason:
+            return reason["enum"]
+    return []
+
+
 def rest_routes(document: dict) -> str:
     lines = [
-        "| method | path | what it does | success | parameters |",
-        "|---|---|---|---|---|",
+        "| method | path | what it does | success | other answers | parameters |",
+        "|---|---|---|---|---|---|",
     ]
     for path, operations in document["paths"].items():
         for verb, operation in operations.items():
@@ -132,16 +147,30 @@ def rest_routes(document: dict) -> str:
                 if operation.get("security"):
                     what += "; admin: `Authorization: Bearer $ADMIN_TOKEN`"
             parameters = {}
-            for parameter in operation.get("parameters", []):
-                parameters.setdefault(parameter["in"], []).append(f"`{parameter['name']}`")
+            for parameter in map(lambda item: resolved(document, item), operation.get("parameters", [])):
+                if parameter["name"] not in SHARED_HEADERS:
+                    parameters.setdefault(parameter["in"], []).append(f"`{parameter['name']}`")
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if body:
                 parameters["body"] = [f"`{name}`" for name in body.get("properties", {})]
-            success = next(code for code in operation["responses"] if code.startswith("2"))
-            headers = operation["responses"][success].get("headers", {})
-            success += "".join(f", `{name}: {header['description']}`" for name, header in headers.items())
+            responses = operation["responses"]
+            success = next(code for code in responses if code.startswith("2"))
+            headers = responses[success].get("headers", {})
+            success += "".join(
+                f", `{name}: {resolved(document, header)['description']}`"
+                for name, header in headers.items()
+                if name not in SHARED_HEADERS
+            )
+            shared = SHARED_STATUSES if operation["tags"] != ["operations"] else ("400", "500")
+            others = [
+                f"{status} " + "/".join(f"`{reason}`" for reason in _reasons(response))
+                for status, response in responses.items()
+                if not status.startswith("2") and status not in shared
+            ]
             listed = "; ".join(f"{where} {', '.join(names)}" for where, names in parameters.items()) or "—"
-            lines.append(f"| {verb.upper()} | `{path}` | {_cell(what)} | {success} | {listed} |")
+            lines.append(
+                f"| {verb.upper()} | `{path}` | {_cell(what)} | {success} | {'; '.join(others) or '—'} | {listed} |"
+            )
     return "\n".join(lines) + "\n"
 
 

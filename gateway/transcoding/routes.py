@@ -166,3 +166,4 @@ def field_at(descriptor: Descriptor, field_path: str) -> FieldDescriptor:
             raise ValueError(f"{descriptor.full_name} has no field {name!r}")
         descriptor = field.message_type
     return field
+
