@@ -120,11 +120,14 @@ class CallerCheck:
         kind = next(k for k in ("unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
         behavior = getattr(handler, kind)
 
-        def checked(request_or_iterator, context):
+        def checked(request_or_iterator, context, **kwargs):
             try:
                 self(context)
             except ShopError as error:
                 context.abort_with_status(error.to_status())
-            return behavior(request_or_iterator, context)
+            return behavior(request_or_iterator, context, **kwargs)
 
+        # A non-blocking handler (health Watch) stays one: grpc reads this
+        # from the function it calls, and passes it send_response_callback.
+        checked.experimental_non_blocking = getattr(behavior, "experimental_non_blocking", False)
         return handler._replace(**{kind: checked})

@@ -78,7 +78,7 @@ class ShopServer:
     ):
         self.services = services
         self.ready = ready
-        self.health = ObservedHealthServicer(experimental_non_blocking=True)
+        self.health = ObservedHealthServicer()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
             # With TLS on, each RPC admits only the callers its table entry names.
