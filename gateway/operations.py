@@ -16,6 +16,7 @@ from gateway.mesh import check_backends, overall_status, service_status
 from gateway.openapi import openapi_document
 from gateway.responses import json_response
 from gateway.upstreams import SERVICES
+from plumbing.errors import violations_message
 
 blueprint = Blueprint("operations", __name__)
 
@@ -31,7 +32,7 @@ def _take_no_query() -> None:
     names = sorted(set(request.args))
     if names:
         violations = [(name, "unknown query parameter") for name in names]
-        raise invalid_argument("; ".join(f"{n}: {d}" for n, d in violations), violations)
+        raise invalid_argument(violations_message(violations), violations)
 
 
 def health():

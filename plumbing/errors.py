@@ -71,9 +71,13 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
+def violations_message(violations: list[tuple[str, str]]) -> str:
+    """One line naming every (field, description) violation."""
+    return "; ".join(f"{f}: {d}" for f, d in violations)
+
+
 def invalid_argument(violations: list[tuple[str, str]], reason: str = "INVALID_ARGUMENT") -> ShopError:
-    message = "; ".join(f"{f}: {d}" for f, d in violations)
-    return ShopError(grpc.StatusCode.INVALID_ARGUMENT, message, reason, violations=list(violations))
+    return ShopError(grpc.StatusCode.INVALID_ARGUMENT, violations_message(violations), reason, violations=list(violations))
 
 
 def not_found(kind: str, key: str) -> ShopError:

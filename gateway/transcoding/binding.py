@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from gateway.transcoding.json_types import FLOAT_TYPES, FLOAT_WORDS, INTEGER_TYPES, is_map, well_known
 from gateway.transcoding.routes import Binding
 from plumbing import field_rules
+from plumbing.errors import violations_message
 
 
 class RequestError(Exception):
@@ -28,7 +29,7 @@ class RequestError(Exception):
 
     def __init__(self, message: str | None = None, violations: list[tuple[str, str]] = ()):
         self.violations = list(violations)
-        self.message = message or "; ".join(f"{f}: {d}" for f, d in self.violations)
+        self.message = message or violations_message(self.violations)
         super().__init__(self.message)
 
 
