@@ -4,6 +4,7 @@ comes back while the rest keep serving; a crash loop is reported with the
 last lines of the process; a failure at first start stops make run with the
 process's own error; Ctrl-C stops everything and restarts nothing."""
 
+import io
 import os
 import re
 import signal
@@ -290,3 +291,23 @@ def test_an_exit_is_described_by_its_code_or_its_signal():
     assert supervisor.describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
     assert supervisor.describe_exit(-signal.SIGTERM) == "was killed by SIGTERM"
 
+
+
+def test_output_is_passed_on_in_whole_lines_and_its_tail_kept():
+    # Lines arrive split across writes, several to a write, the last without
+    # its newline, and one with a character split across writes: each is passed on
+    # whole, once, in order.
+    logs = io.StringIO()
+    runner = supervisor.Supervisor([], out=io.StringIO(), logs=logs)
+    process = supervisor.Supervised(spec=None)
+    read_end, write_end = os.pipe()
+    writes = [b'{"a": 1}\n{"b"', b': 2}\n{"c": 3}\n{"d": "\xc3', b'\xa9"}\n', b"no newline at the end"]
+    reader = threading.Thread(target=runner._pass_on, args=(process, os.fdopen(read_end, "rb")))
+    reader.start()
+    for chunk in writes:
+        os.write(write_end, chunk)
+    os.close(write_end)
+    reader.join(timeout=5)
+    expected = ['{"a": 1}', '{"b": 2}', '{"c": 3}', '{"d": "é"}', "no newline at the end"]
+    assert logs.getvalue().splitlines() == expected
+    assert list(process.tail) == expected
