@@ -24,10 +24,8 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import pathlib
 import sqlite3
-import threading
 import weakref
 from collections.abc import Iterator
 
@@ -40,6 +38,7 @@ from sqlalchemy.engine import Engine
 
 from plumbing.deadlines import MARGIN_S, deadline_from_remaining, deadline_var, remaining_s
 from plumbing.errors import DatabaseUnavailable, database_unavailable
+from plumbing.sqlite_writer import CommitFailed, SqliteWriter, WriterBusy
 from plumbing.statements import Plans, Tx
 
 log = logging.getLogger("plumbing.db")
@@ -247,7 +246,7 @@ def _open_sqlite(url: str, pool_size: int) -> Engine:
 
     @sa.event.listens_for(engine, "engine_disposed")
     def on_dispose(_engine):
-        _database(engine).close_writer()
+        _database(engine).writer.close()
 
     return engine
 
@@ -269,28 +268,7 @@ class _Database:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
         self.plans = Plans(engine.dialect)
-        # SQLite has one writer at a time, so a process keeps one connection
-        # for its writes and its threads queue for it here, each handed the
-        # turn the moment the last one commits. Left to SQLite's busy handler
-        # they would sleep and poll (1, 2, 5 ... 100 ms), leaving the write
-        # lock idle between turns. Other processes on the same file still
-        # wait in the busy timeout.
-        self.writer_lock = threading.RLock()
-        self._writer = None
-        self._writer_pid = None
-
-    def writer(self):
-        """The SQLite write connection (opened again after a fork or a dispose)."""
-        if self._writer is None or self._writer_pid != os.getpid():
-            self._writer, self._writer_pid = self.engine.raw_connection(), os.getpid()
-        return self._writer
-
-    def close_writer(self) -> None:
-        with self.writer_lock:
-            if self._writer is not None and self._writer_pid == os.getpid():
-                # Closed for good, not handed back to the pool being disposed of.
-                self._writer.invalidate()
-            self._writer = None
+        self.writer = SqliteWriter(engine, self.plans) if self.sqlite else None
 
 
 _DATABASES: weakref.WeakKeyDictionary[Engine, _Database] = weakref.WeakKeyDictionary()
@@ -308,27 +286,26 @@ def _database(engine: Engine) -> _Database:
 
 @contextlib.contextmanager
 def write(engine: Engine) -> Iterator[Tx]:
-    """A write transaction: committed on success, rolled back on error;
-    DatabaseUnavailable when the database is away."""
+    """A write transaction: durable when the block ends, rolled back if it
+    raises; DatabaseUnavailable when the database is away. On SQLite it is
+    a turn of the process's one write connection (plumbing/sqlite_writer.py),
+    committed with the turns queued behind it."""
     database = _database(engine)
     with raising_unavailable():
-        if not database.sqlite:
+        if database.writer is None:
             with _transaction(engine, database) as tx:
                 yield tx
             return
-        # The turn is waited for no longer than the caller's deadline allows.
-        if not database.writer_lock.acquire(timeout=max(0.0, _bounded_s(SQLITE_BUSY_TIMEOUT_MS / 1000))):
-            raise _database_locked()
         try:
-            connection = database.writer().driver_connection
-            if connection.in_transaction:
-                # Reentrant lock, so this fails at once instead of waiting on itself.
-                raise RuntimeError("a write transaction is open in this thread already: writes do not nest")
-            _begin_sqlite(connection, immediate=True)
-            with _committed(database, connection) as tx:
+            # The turn is waited for no longer than the caller's deadline allows.
+            with database.writer.turn(
+                max(0.0, _bounded_s(SQLITE_BUSY_TIMEOUT_MS / 1000)), functools.partial(_begin_sqlite, immediate=True)
+            ) as tx:
                 yield tx
-        finally:
-            database.writer_lock.release()
+        except WriterBusy:
+            raise _database_locked() from None
+        except CommitFailed as failed:
+            raise unavailable(failed.__cause__) or failed from failed.__cause__
 
 
 @contextlib.contextmanager

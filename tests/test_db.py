@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from plumbing import db, deadlines, migrations
 from plumbing.errors import DatabaseUnavailable
 from tests import harness
+from tests.harness import eventually
 
 metadata = sa.MetaData()
 counters = sa.Table(
@@ -99,6 +100,89 @@ def test_dispose_closes_the_writer_connection_and_writes_reopen_it(engine):
         assert conn.driver_connection is not first
         conn.execute(counters.update().values(value=5))
     assert _value(engine) == 5
+
+
+# Group commit: turns queued behind one share its COMMIT
+
+
+def _rows(engine) -> set[str]:
+    # Another connection: what is committed, nothing less.
+    with engine.connect() as other:
+        return set(other.execute(sa.select(counters.c.name)).scalars())
+
+
+def _group_behind_a_held_turn(engine, bodies):
+    """One turn held open while a thread per body queues behind it, then let
+    go. Answers each thread's outcome ("ok" or its error) with the rows
+    committed when its write returned, and the COMMITs the writer sent."""
+    writer = db._database(engine).writer
+    commits, outcomes = [], {}
+    holding, release = threading.Event(), threading.Event()
+
+    def held():
+        with db.write(engine) as conn:
+            conn.driver_connection.set_trace_callback(lambda sql: sql == "COMMIT" and commits.append(sql))
+            conn.execute(counters.insert().values(name="held", value=0))
+            holding.set()
+            release.wait()
+        outcomes["held"] = ("ok", _rows(engine))
+
+    def queued(name, body):
+        try:
+            with db.write(engine) as conn:
+                body(conn, name)
+            outcomes[name] = ("ok", _rows(engine))
+        except Exception as error:
+            outcomes[name] = (error, _rows(engine))
+
+    threads = [threading.Thread(target=held)]
+    threads[0].start()
+    holding.wait()
+    for name, body in bodies.items():
+        threads.append(threading.Thread(target=queued, args=(name, body)))
+        threads[-1].start()
+    eventually(lambda: writer._queued == len(bodies))
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    return outcomes, commits
+
+
+def _insert(conn, name):
+    conn.execute(counters.insert().values(name=name, value=1))
+
+
+def test_writes_queued_behind_one_share_its_commit_and_none_returns_before_it(engine):
+    outcomes, commits = _group_behind_a_held_turn(engine, {name: _insert for name in ("a", "b", "c")})
+    assert commits == ["COMMIT"]
+    everything = {"held", "a", "b", "c"}
+    # Each write returned durable: its row, and its group's, committed.
+    assert outcomes == {name: ("ok", everything) for name in everything}
+
+
+def test_a_write_that_raises_in_a_group_rolls_back_alone(engine):
+    def refused(conn, name):
+        _insert(conn, name)
+        raise RuntimeError("refused half-way")
+
+    outcomes, commits = _group_behind_a_held_turn(engine, {"a": _insert, "refused": refused, "c": _insert})
+    assert commits == ["COMMIT"]
+    assert isinstance(outcomes["refused"][0], RuntimeError)
+    assert _rows(engine) == {"held", "a", "c"}
+    assert outcomes["a"] == outcomes["c"] == ("ok", {"held", "a", "c"})
+
+
+def test_a_group_left_open_for_a_thread_that_gave_up_is_committed_by_its_own_turn(engine):
+    writer = db._database(engine).writer
+    # As if a thread queued for the turn and gave up (its deadline) just as
+    # this turn ended: no turn follows to commit the group.
+    writer._queued += 1
+    try:
+        with db.write(engine) as conn:
+            _insert(conn, "alone")
+        assert _rows(engine) == {"alone"}
+    finally:
+        writer._queued -= 1
 
 
 # A database that is away
