@@ -356,8 +356,12 @@ def _committed(database: "_Database", driver_connection) -> Iterator[Tx]:
     """The transaction begun on `driver_connection`, committed when the block
     ends, rolled back if it raises. (Both drivers leave transactions to us:
     SQLite's with isolation_level None, psycopg's in autocommit mode.)"""
+    tx = Tx(database.plans, driver_connection)
     try:
-        yield Tx(database.plans, driver_connection)
+        try:
+            yield tx
+        finally:
+            tx.close()
     except BaseException:
         with contextlib.suppress(Exception):
             driver_connection.execute("ROLLBACK")

@@ -105,8 +105,12 @@ class SqliteWriter:
                 self._group = _Group()
             group = self._group
             connection.execute("SAVEPOINT turn")
+            tx = Tx(self.plans, connection)
             try:
-                yield Tx(self.plans, connection)
+                try:
+                    yield tx
+                finally:
+                    tx.close()
                 connection.execute("RELEASE turn")
             except BaseException as error:
                 failure = error

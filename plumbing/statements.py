@@ -141,6 +141,13 @@ class Tx:
         self._cursor.execute(sql, arguments)
         return plan.rows(self._cursor)
 
+    def close(self) -> None:
+        """Done with the cursor, while the connection is still this
+        transaction's: a sqlite3 cursor let go of later, by the garbage
+        collector in this thread, resets its cached statement - under
+        whichever thread is running that same statement by then."""
+        self._cursor.close()
+
 
 class Plans:
     """The plans of one database's statements: statement -> {parameter

@@ -185,6 +185,19 @@ def test_a_group_left_open_for_a_thread_that_gave_up_is_committed_by_its_own_tur
         writer._queued -= 1
 
 
+def test_a_transaction_s_cursor_is_closed_before_its_connection_passes_to_another_thread(engine):
+    # Let go of later, a sqlite3 cursor resets its cached statement under
+    # whichever thread runs that statement by then ("bad parameter or other
+    # API misuse" in the middle of another thread's executemany).
+    with db.write(engine) as written:
+        written.execute(counters.insert().values(name="n", value=1))
+    with db.read(engine) as read:
+        read.execute(sa.select(counters.c.value))
+    for tx in (written, read):
+        with pytest.raises(sqlite3.ProgrammingError, match="closed cursor"):
+            tx.execute(sa.select(counters.c.value))
+
+
 # A database that is away
 
 
