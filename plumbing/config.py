@@ -14,14 +14,6 @@ DEFAULT_PORTS = {"inventory": 50051, "payment": 50052, "order": 50053}
 DEFAULT_METRICS_PORTS = {"inventory": 9101, "payment": 9102, "order": 9103}
 # Processes per service (PROCESSES): what measured fastest here (docs/performance.md).
 DEFAULT_PROCESSES = 1
-# Server threads. An order's thread mostly waits for inventory and payment,
-# so the order service has one per order in flight; inventory's and
-# payment's threads run Python the whole call, and more of them than cores
-# only pass the GIL around: 16 of them cost a call twice the context
-# switches of 4 and a quarter more CPU (docs/performance.md).
-DEFAULT_GRPC_WORKERS = {"inventory": 4, "payment": 4, "order": 16}
-# Calls in progress or queued for a thread; beyond it RESOURCE_EXHAUSTED.
-DEFAULT_MAX_CONCURRENT_RPCS = 64
 
 
 class ConfigError(ValueError):
@@ -171,14 +163,14 @@ class ServerConfig:
     @classmethod
     def from_env(cls, name: str) -> "ServerConfig":
         data_dir = env_str("DATA_DIR", "data")
-        workers = env_int("GRPC_WORKERS", DEFAULT_GRPC_WORKERS[name], minimum=1)
+        workers = env_int("GRPC_WORKERS", 16, minimum=1)
         return cls(
             name=name,
             port=env_int(f"{name.upper()}_PORT", DEFAULT_PORTS[name]),
             metrics_port=env_int("METRICS_PORT", DEFAULT_METRICS_PORTS[name]),
             database_url=env_str("DATABASE_URL", f"sqlite:///{data_dir}/{name}.db"),
             workers=workers,
-            max_concurrent_rpcs=env_int("GRPC_MAX_CONCURRENT_RPCS", DEFAULT_MAX_CONCURRENT_RPCS, minimum=1),
+            max_concurrent_rpcs=env_int("GRPC_MAX_CONCURRENT_RPCS", workers * 4, minimum=1),
             drain_delay_s=env_float("DRAIN_DELAY_S", 0.0),
             shutdown_grace_s=env_float("SHUTDOWN_GRACE_S", 10.0),
             max_connection_age_s=env_float("MAX_CONNECTION_AGE_S", 30.0, minimum=1.0),
