@@ -1,8 +1,8 @@
 """`python -m bench compare BEFORE AFTER`: two code trees' stacks side by
 side, their runs alternated, so whatever else the machine is doing weighs
 on both alike: a before/after comparison that holds on a busy machine,
-where two separate `python -m bench run` minutes apart do not. Both stacks
-share the service CPUs, the load tool has its own.
+where two separate `python -m bench run` minutes apart do not. Nothing is
+pinned unless --pin says so, as `bench run`.
 
 (a tree is a checkout, e.g. `git worktree add /tmp/before HEAD~1`). Prints
 one JSON line per tree and scenario: the median over the rounds.
@@ -16,7 +16,7 @@ import shutil
 import tempfile
 
 from bench.loadtools import find_load_tool
-from bench.runner import Bench
+from bench.runner import PIN_CHOICES, PIN_HELP, Bench, pinned_cpus
 from bench.scenarios import SCENARIOS, scenario_keys, stack_environ, summarise
 from launcher.stack import Stack, plan_stack
 
@@ -27,13 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--scenarios", type=scenario_keys, default=["post-order", "get-inventory"])
+    parser.add_argument("--pin", choices=PIN_CHOICES, default="none", help=PIN_HELP)
 
 
 def main(args: argparse.Namespace) -> int:
     scenarios = [SCENARIOS[key] for key in args.scenarios]
     tool = find_load_tool("auto")
-    cpus = sorted(os.sched_getaffinity(0))
-    service_cpus, loadgen_cpus = (set(cpus[:-1]), {cpus[-1]}) if len(cpus) >= 2 else (set(cpus), None)
+    service_cpus, loadgen_cpus = pinned_cpus(args.pin)
     stacks: list[Stack] = []
     benches = []
     try:

@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 from bench.loadtools import LoadTool, find_load_tool
-from bench.runner import Bench, say
+from bench.runner import PIN_CHOICES, PIN_HELP, Bench, pinned_cpus, say
 from bench.scenarios import SCENARIOS, scenario_keys, stack_environ, summarise, summary_line
 from launcher import databases
 from launcher.plan import SERVICES, tls_environ
@@ -64,13 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated, from: " + ", ".join(SCENARIOS),
     )
     parser.add_argument("--tool", choices=("auto", "hey", "wrk"), default="auto", help="load tool (default: hey, else wrk)")
-    parser.add_argument(
-        "--pin",
-        choices=("none", "split", "loadgen"),
-        default="none",
-        help="none (default, as users run it): no pinning; split: the load tool on the last CPU, the services "
-        "on the others; loadgen: the load tool on the last CPU, the services on every CPU (taskset)",
-    )
+    parser.add_argument("--pin", choices=PIN_CHOICES, default="none", help=PIN_HELP)
     parser.add_argument(
         "--auth",
         choices=("off", "jwt"),
@@ -144,12 +138,7 @@ def main(args: argparse.Namespace) -> int:
     tool = find_load_tool(args.tool) if needs_http else LoadTool("grpc_load", "bench/grpc_load.py", "")
     say(f"load tool: {tool.name} {tool.version} ({tool.path}); gRPC scenario: bench/grpc_load.py (grpc.aio)")
 
-    cpus = sorted(os.sched_getaffinity(0))
-    service_cpus, loadgen_cpus = set(cpus), None
-    if args.pin != "none" and len(cpus) >= 2:
-        loadgen_cpus = {cpus[-1]}
-        if args.pin == "split":
-            service_cpus = set(cpus[:-1])
+    service_cpus, loadgen_cpus = pinned_cpus(args.pin)
 
     workdir = tempfile.mkdtemp(prefix="shop-bench-")
     failed = True

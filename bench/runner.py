@@ -30,6 +30,21 @@ def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
+PIN_CHOICES = ("none", "split", "loadgen")
+PIN_HELP = (
+    "none (default, as users run it): no pinning; split: the load tool on the last CPU, the services "
+    "on the others; loadgen: the load tool on the last CPU, the services on every CPU (taskset)"
+)
+
+
+def pinned_cpus(pin: str) -> tuple[set[int], set[int] | None]:
+    """The services' CPUs and the load tool's (None: any) for --pin `pin`."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin == "none" or len(cpus) < 2:
+        return set(cpus), None
+    return (set(cpus[:-1]) if pin == "split" else set(cpus)), {cpus[-1]}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its live descendants."""
     try:

@@ -2,6 +2,7 @@
 the load tools' output, how it counts CPU, and that a missing tool is
 named with how to get it instead of being installed."""
 
+import argparse
 import os
 import signal
 import subprocess
@@ -9,9 +10,9 @@ import sys
 
 import pytest
 
-from bench import loadtools
+from bench import compare, endtoend, loadtools
 from bench.__main__ import main as bench_main
-from bench.runner import cpu_seconds
+from bench.runner import cpu_seconds, pinned_cpus
 from bench.scenarios import SCENARIOS
 
 HEY_OUTPUT = """
@@ -108,6 +109,21 @@ def test_the_command_line_refuses_bad_arguments_before_starting_anything(argv, c
         bench_main(argv)
     assert exit.value.code == 2
     assert complaint in capsys.readouterr().err
+
+
+def test_nothing_is_pinned_unless_asked(monkeypatch):
+    # As users run it: `bench run` and `bench compare` both default to --pin none.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2})
+    assert pinned_cpus("none") == ({0, 1, 2}, None)
+    assert pinned_cpus("split") == ({0, 1}, {2})
+    assert pinned_cpus("loadgen") == ({0, 1, 2}, {2})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert pinned_cpus("split") == ({0}, None)
+    for module, argv in ((endtoend, []), (compare, ["before", "after"])):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        assert parser.parse_args(argv).pin == "none"
+        assert parser.parse_args([*argv, "--pin", "split"]).pin == "split"
 
 
 def test_every_scenario_has_a_target_the_runner_knows():
