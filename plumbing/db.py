@@ -251,6 +251,10 @@ def _open_sqlite(url: str, pool_size: int) -> Engine:
     return engine
 
 
+def _begin_sqlite_write(driver_connection) -> None:
+    _begin_sqlite(driver_connection, immediate=True)
+
+
 def _begin_sqlite(driver_connection, immediate: bool) -> None:
     if immediate:
         # Another process's write lock is waited for no longer than the caller's deadline allows.
@@ -299,7 +303,7 @@ def write(engine: Engine) -> Iterator[Tx]:
         try:
             # The turn is waited for no longer than the caller's deadline allows.
             with database.writer.turn(
-                max(0.0, _bounded_s(SQLITE_BUSY_TIMEOUT_MS / 1000)), functools.partial(_begin_sqlite, immediate=True)
+                max(0.0, _bounded_s(SQLITE_BUSY_TIMEOUT_MS / 1000)), _begin_sqlite_write
             ) as tx:
                 yield tx
         except WriterBusy:
