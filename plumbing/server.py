@@ -31,6 +31,7 @@ from plumbing.logs import setup_logging
 from plumbing.metrics import ObservedHealthServicer, start_metrics_server
 from plumbing.readiness import WAITING_FOR_DATABASE, DatabaseReadiness
 from plumbing.reflection import enable_reflection
+from plumbing.scheduling import schedule_as_batch
 
 log = logging.getLogger("plumbing.server")
 
@@ -256,6 +257,7 @@ def run_service(config: ServerConfig, compose: Callable[[Engine], Composed]) -> 
     a group of processes or this one alone (PROCESSES), its database engine,
     what `compose` builds on that engine served until SIGTERM (serve), and
     the engine disposed last."""
+    schedule_as_batch()
     setup_logging(config.name, config.log.level, config.log.format)
     if serve_as_group(config):
         return

@@ -135,6 +135,13 @@ def test_one_line_says_the_shop_is_ready_and_a_generated_admin_token_works(make_
     )
     assert status == 200, product
     pids = shop.pids()
+    if hasattr(os, "SCHED_BATCH"):
+        # Every thread of every process, the gateway's workers too (plumbing/scheduling.py).
+        for name, pid in pids.items():
+            policies = {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+            workers = [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+            policies |= {os.sched_getscheduler(worker) for worker in workers}
+            assert policies == {os.SCHED_BATCH}, name
     assert shop.finish() == 0
     assert [line for line in shop.said if "shop is ready" in line] == [ready.string]
     assert shop.restarted() == []

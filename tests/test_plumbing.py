@@ -507,3 +507,38 @@ def test_a_domain_value_becomes_a_message_of_the_fields_the_proto_declares():
     assert message.status == pb.CAPTURED  # converted, not copied
     # The owner is no field of the contract's Payment: never copied, never answered.
     assert "C-owner" not in str(message)
+
+
+# How Linux schedules a process (plumbing/scheduling.py), in a process of its
+# own: the policy would otherwise stay with the test run's own thread.
+_POLICIES = """
+import os, threading
+from plumbing.scheduling import schedule_as_batch
+set_now = schedule_as_batch()
+later = []
+thread = threading.Thread(target=lambda: later.append(os.sched_getscheduler(0)))
+thread.start(); thread.join()
+print(set_now, os.sched_getscheduler(0) == os.SCHED_BATCH, later[0] == os.SCHED_BATCH)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="a platform with no SCHED_BATCH policy")
+@pytest.mark.parametrize(("setting", "batch"), [(None, True), ("1", True), ("0", False)])
+def test_a_process_runs_as_batch_work_with_the_threads_it_starts_unless_told_not_to(setting, batch):
+    env = {k: v for k, v in os.environ.items() if k != "SCHED_BATCH"}
+    if setting is not None:
+        env["SCHED_BATCH"] = setting
+    done = subprocess.run(
+        [sys.executable, "-c", _POLICIES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(batch)] * 3
+
+
+def test_a_scheduling_setting_that_is_not_a_flag_refuses_the_start():
+    env = dict(os.environ, SCHED_BATCH="maybe")
+    done = subprocess.run(
+        [sys.executable, "-m", "inventory_svc"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "inventory: refusing to start: SCHED_BATCH='maybe' must be 1 or 0"
