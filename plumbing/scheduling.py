@@ -7,7 +7,8 @@ the normal policy a thread that wakes another is often preempted by it at
 once, and on a busy machine the two ping-pong over the GIL. SCHED_BATCH
 only drops that wakeup preemption: a woken thread runs at the next tick or
 on an idle CPU, so an idle machine answers as fast as before and a busy one
-switches less (docs/performance.md: +12 % orders/s, +17 % reads/s here).
+switches less (docs/performance.md: a third fewer context switches per
+order; reads/s +9 to +17 %, orders/s +2 to +12 % here).
 
 The policy is per thread and inherited by the threads and processes started
 after it is set, so a process sets it first thing in its main thread.
