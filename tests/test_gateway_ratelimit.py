@@ -170,27 +170,49 @@ def test_memory_storage_counts_without_starting_a_thread_per_request(backends, m
 def test_host_counters_start_a_new_window_once_the_last_has_ended(tmp_path, monkeypatch):
     from gateway import ratelimit
 
-    counters = ratelimit.HostCounters(str(tmp_path / "ratelimit.sqlite"))
+    counters = ratelimit.HostCounters(str(tmp_path / "ratelimit.counters"))
     now = 1_000_000.0
     monkeypatch.setattr(ratelimit.time, "time", lambda: now)
     assert counters.hit("client", 60) == (1, now + 60)
     assert counters.hit("client", 60) == (2, now + 60)
+    assert counters.hit("other", 60) == (1, now + 60)
     now += 60
     assert counters.hit("client", 60) == (1, now + 60)
+    assert counters.hit("client", 60, amount=3) == (4, now + 60)
 
 
-def test_host_counters_purge_ended_windows(tmp_path, monkeypatch):
+def test_host_counters_keep_each_key_apart_when_their_slots_collide(tmp_path, monkeypatch):
+    """Every key here has the same home slot: they take the slots after it,
+    an ended window's slot is taken again, and with no slot free the window
+    that ends soonest is taken over."""
     from gateway import ratelimit
 
-    counters = ratelimit.HostCounters(str(tmp_path / "ratelimit.sqlite"))
-    now = 1_000_000.0
+    monkeypatch.setattr(ratelimit.HostCounters, "SLOTS", 8)
+    monkeypatch.setattr(ratelimit.HostCounters, "PROBE", 3)
+    monkeypatch.setattr(ratelimit.hashlib, "blake2b", lambda key, digest_size: _SameHome(key))
+    counters = ratelimit.HostCounters(str(tmp_path / "ratelimit.counters"))
+    start = now = 1_000_000.0
     monkeypatch.setattr(ratelimit.time, "time", lambda: now)
-    counters.hit("gone", 1)
-    counters.hit("kept", 600)
-    now += counters.PURGE_EVERY_S
-    counters.hit("kept", 600)
-    keys = [row[0] for row in counters._connect().execute("SELECT key FROM hits ORDER BY key")]
-    assert keys == ["kept"]
+    windows = {"a": 60, "b": 90, "c": 30}
+    assert [counters.hit(key, windows[key])[0] for key in "abacba"] == [1, 1, 2, 1, 2, 3]
+    now += 10
+    assert counters.hit("short", 10) == (1, start + 20)  # every slot in use: c's window ends soonest
+    assert counters.hit("c", 30) == (1, now + 30)  # c lost its count; short's window ends soonest now
+    assert counters.hit("a", 60) == (4, start + 60)  # the others kept theirs
+    now = start + 60
+    assert counters.hit("d", 60) == (1, now + 60)  # a's window has ended: d takes its slot
+    assert counters.hit("b", 90) == (3, start + 90)
+    assert counters.hit("a", 60) == (1, now + 60)  # in c's slot, whose window has ended too
+
+
+class _SameHome:
+    """A digest whose first 8 bytes (the home slot) are one for every key."""
+
+    def __init__(self, key: bytes):
+        self.key = key
+
+    def digest(self) -> bytes:
+        return bytes(8) + self.key[:8].ljust(8, b"-")
 
 
 def test_memory_storage_is_one_budget_for_every_worker_process_of_the_gateway(backends, tmp_path):
