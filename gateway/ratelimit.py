@@ -73,7 +73,7 @@ class HostCounters:
     table of SLOTS slots in a file mapped into memory, one lock for threads
     and one (flock) for processes, nothing written to disk on the request's
     path. (A SQLite table did this first: a statement, a WAL append and
-    SQLite's file locks per request made it a tenth of the gateway's CPU.)
+    SQLite's file locks per request made it an eighth of the gateway's CPU.)
 
     A slot holds a key's 16-byte digest, when its window ends and its count.
     A key lives in the first usable slot from the one its digest names,
@@ -98,6 +98,7 @@ class HostCounters:
         # An open file (and so its flock) must not cross a fork: each process opens its own.
         if self._pid != os.getpid():
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            weakref.finalize(self, os.close, fd)
             size = self.SLOTS * self._SLOT.size
             if os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)
