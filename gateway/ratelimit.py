@@ -109,36 +109,38 @@ class HostCounters:
         """Count one hit; (hits in the current window, when it ends)."""
         now = time.time()
         digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
-        home = int.from_bytes(digest[:8], "little") % self.SLOTS
-        size = self._SLOT.size
         with self._lock:
             table = self._open()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                chosen, count, ends = None, amount, now + window_s
-                soonest = None
-                for n in range(self.PROBE):
-                    offset = (home + n) % self.SLOTS * size
-                    held, ends_at, counted = self._SLOT.unpack_from(table, offset)
-                    if held == digest:
-                        chosen = offset
-                        if ends_at > now:
-                            count, ends = counted + amount, ends_at
-                        break
-                    if held == self._UNUSED:
-                        # Never used: the key was not stored beyond it.
-                        chosen = chosen if chosen is not None else offset
-                        break
-                    if ends_at <= now:
-                        chosen = chosen if chosen is not None else offset
-                    elif soonest is None or ends_at < soonest[0]:
-                        soonest = (ends_at, offset)
-                if chosen is None:
-                    chosen = soonest[1]
-                self._SLOT.pack_into(table, chosen, digest, ends, count)
+                offset, count, ends = self._slot(table, digest, now)
+                if ends <= now:
+                    count, ends = 0, now + window_s
+                count += amount
+                self._SLOT.pack_into(table, offset, digest, ends, count)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         return count, ends
+
+    def _slot(self, table: mmap.mmap, digest: bytes, now: float) -> tuple[int, int, float]:
+        """The slot of `digest` (its offset, count and window end), else the
+        first unused or ended one, else the one whose window ends soonest
+        (with no window: 0, 0.0)."""
+        home = int.from_bytes(digest[:8], "little") % self.SLOTS
+        free = soonest = None
+        for n in range(self.PROBE):
+            offset = (home + n) % self.SLOTS * self._SLOT.size
+            held, ends, count = self._SLOT.unpack_from(table, offset)
+            if held == digest:
+                return offset, count, ends
+            if held == self._UNUSED:
+                # Never used: the key was not stored beyond it.
+                return (offset if free is None else free), 0, 0.0
+            if ends <= now:
+                free = offset if free is None else free
+            elif soonest is None or ends < soonest[0]:
+                soonest = (ends, offset)
+        return (soonest[1] if free is None else free), 0, 0.0
 
 
 class StorageCounters:

@@ -14,6 +14,9 @@ DEFAULT_PORTS = {"inventory": 50051, "payment": 50052, "order": 50053}
 DEFAULT_METRICS_PORTS = {"inventory": 9101, "payment": 9102, "order": 9103}
 # Processes per service (PROCESSES): what measured fastest here (docs/performance.md).
 DEFAULT_PROCESSES = 1
+# Server threads (GRPC_WORKERS): with group commit, more threads queue more
+# writes behind one COMMIT, and 16 led 4 on orders (docs/performance.md).
+DEFAULT_GRPC_WORKERS = 16
 
 
 class ConfigError(ValueError):
@@ -163,7 +166,7 @@ class ServerConfig:
     @classmethod
     def from_env(cls, name: str) -> "ServerConfig":
         data_dir = env_str("DATA_DIR", "data")
-        workers = env_int("GRPC_WORKERS", 16, minimum=1)
+        workers = env_int("GRPC_WORKERS", DEFAULT_GRPC_WORKERS, minimum=1)
         return cls(
             name=name,
             port=env_int(f"{name.upper()}_PORT", DEFAULT_PORTS[name]),

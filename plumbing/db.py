@@ -87,6 +87,9 @@ def unavailable(error: BaseException) -> DatabaseUnavailable | None:
     is not one (a bug, a constraint: INTERNAL is right for those)."""
     if isinstance(error, DatabaseUnavailable):
         return error
+    if isinstance(error, CommitFailed):
+        # The group COMMIT that held this write failed in another turn: its cause says how.
+        error = error.__cause__
     orig = error.orig if isinstance(error, sa.exc.DBAPIError) else error
     if isinstance(orig, psycopg.Error):
         sqlstate = orig.sqlstate
@@ -308,8 +311,6 @@ def write(engine: Engine) -> Iterator[Tx]:
                 yield tx
         except WriterBusy:
             raise _database_locked() from None
-        except CommitFailed as failed:
-            raise unavailable(failed.__cause__) or failed from failed.__cause__
 
 
 @contextlib.contextmanager

@@ -198,6 +198,22 @@ def test_a_transaction_s_cursor_is_closed_before_its_connection_passes_to_anothe
             tx.execute(sa.select(counters.c.value))
 
 
+def test_a_failed_group_commit_answers_each_of_its_writes_by_its_cause():
+    from plumbing.sqlite_writer import CommitFailed
+
+    def failed_commit(cause: Exception) -> CommitFailed:
+        try:
+            raise CommitFailed() from cause
+        except CommitFailed as failed:
+            return failed
+
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    assert isinstance(db.unavailable(failed_commit(locked)), DatabaseUnavailable)
+    # Not a transient failure (a full disk, a bug): not UNAVAILABLE either.
+    assert db.unavailable(failed_commit(sqlite3.DatabaseError("disk I/O error"))) is None
+
+
 # A database that is away
 
 
@@ -342,3 +358,4 @@ def test_a_statement_outliving_the_callers_deadline_is_cut_off_as_deadline_excee
         with db.read(pg_engine) as conn:
             conn.execute(sa.text("SELECT pg_sleep(60)"))
     assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
