@@ -137,9 +137,9 @@ class OrderRequest:
     items: tuple[tuple[str, int], ...]
     payment_method: str
     idempotency_key: str = ""
-    # Placed by the customer themselves, signed in: only their own payment
-    # methods may be charged (payment checks it).
-    placed_by_customer: bool = False
+    # Placed with a verified identity (the customer, or an admin for them):
+    # only the customer's own payment methods may be charged (payment checks it).
+    owner_only: bool = False
 
     def fingerprint(self) -> str:
         """What makes two requests with one idempotency key the same request."""

@@ -163,7 +163,7 @@ class OrderSaga:
         # DEBUG: the RPC's own line and the outcome's line tell the story.
         log.debug("order stored", extra={"order_id": stored.id, "customer_id": stored.customer_id})
         try:
-            return self._run(stored, owner, request.placed_by_customer)
+            return self._run(stored, owner, request.owner_only)
         except DatabaseUnavailable as error:
             # Its lease will lapse, so recovery completes or compensates it,
             # as it does an order whose upstream went away.
@@ -176,7 +176,7 @@ class OrderSaga:
             log.exception("placing order failed", extra={"order_id": stored.id})
             raise failures.not_completed(stored.id) from error
 
-    def _run(self, order: Order, owner: str, placed_by_customer: bool) -> Order:
+    def _run(self, order: Order, owner: str, owner_only: bool) -> Order:
         """The saga as the request drives it. An upstream with an unknown
         outcome gets the order failed at once, settled in the background."""
         order_id = order.id
@@ -188,7 +188,7 @@ class OrderSaga:
         if order is not None and order.step == RESERVING:
             # Reserved, priced; nothing written since the order was stored.
             try:
-                order = self._charge_step(order, owner, placed_by_customer)
+                order = self._charge_step(order, owner, owner_only)
             except Unsettled as unsettled:
                 error = upstream_unavailable(unsettled.service, unsettled.error, order_id, failures.CHARGE_UNSETTLED)
                 return self._fail_later(order, owner, VOIDING, error)
@@ -234,14 +234,14 @@ class OrderSaga:
         return priced
 
     @tracing.saga_step("saga.charge")
-    def _charge_step(self, order: Order, owner: str, placed_by_customer: bool) -> Order | None:
+    def _charge_step(self, order: Order, owner: str, owner_only: bool) -> Order | None:
         """Charge the total, for the order's owner; a decline or a refusal
         is final, and so is a capture."""
         if order.total_cents == 0:
             # Nothing to charge (payment refuses a zero amount).
             return self._confirm(order, owner, payment_id="")
         try:
-            payment = self.payment.charge(order, placed_by_customer)
+            payment = self.payment.charge(order, owner_only)
         except Refused as refused:
             # Refused (an unknown payment method, a voided order): nothing charged.
             return self._decide(order, owner, RELEASING, FAILED, with_order_id(refused.error, order.id))

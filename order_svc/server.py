@@ -55,9 +55,10 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         payment_method = request.payment_method or checks.DEFAULT_PAYMENT_METHOD
         key = checks.check_idempotency_key(violations, _metadata_value(context, IDEMPOTENCY_KEY))
         violations.raise_if_any()
-        placed_by_customer = caller is not None and not caller.admin
+        # A payment method is usable only by its owner, whoever places the order.
+        owner_only = caller is not None
         order = self.saga.place_order(
-            OrderRequest(customer_id, tuple(items), payment_method, key, placed_by_customer),
+            OrderRequest(customer_id, tuple(items), payment_method, key, owner_only),
             caller_gone=lambda: not context.is_active(),
         )
         return order_to_pb(order)

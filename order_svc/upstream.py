@@ -78,7 +78,7 @@ class Inventory(Protocol):
 
 
 class Payments(Protocol):
-    def charge(self, order: Order, placed_by_customer: bool) -> Payment:
+    def charge(self, order: Order, owner_only: bool) -> Payment:
         """Charge the order's total on its payment method, for its customer.
         Idempotent by order id: a retry answers the first charge. Refused:
         nothing is charged (an unknown payment method, a voided order)."""
@@ -134,14 +134,14 @@ class PaymentClient:
     def __init__(self, stub: payment_pb2_grpc.PaymentServiceStub):
         self.stub = stub
 
-    def charge(self, order: Order, placed_by_customer: bool) -> Payment:
+    def charge(self, order: Order, owner_only: bool) -> Payment:
         request = payment_pb2.ChargeRequest(
             order_id=order.id,
             amount_cents=order.total_cents,
             currency=order.currency,
             payment_method=order.payment_method,
             customer_id=order.customer_id,
-            placed_by_customer=placed_by_customer,
+            owner_only=owner_only,
         )
         return _payment(_ask("payment", self.stub.Charge, request))
 

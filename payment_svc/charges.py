@@ -173,8 +173,9 @@ def authorize(method: PaymentMethod, now: dt.datetime) -> Authorization:
     return Authorization(PaymentStatus.DECLINED, method.processor_outcome)
 
 
-def usable_for(method: PaymentMethod, customer_id: str, placed_by_customer: bool) -> bool:
+def usable_for(method: PaymentMethod, customer_id: str, owner_only: bool) -> bool:
     """Whether an order of `customer_id` may be charged on `method`. A test
-    token is anyone's. A customer signed in charges only methods they made;
-    without one (AUTH=off) or for an admin's order, there is no such rule."""
-    return method.id in TEST_TOKENS or not placed_by_customer or method.customer_id == customer_id
+    token is anyone's. An order placed with an identity (its customer, or an
+    admin for them) charges only methods its customer made; without one
+    (AUTH=off) there is no such rule."""
+    return method.id in TEST_TOKENS or not owner_only or method.customer_id == customer_id

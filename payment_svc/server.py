@@ -73,7 +73,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     def Charge(self, request, context):
         violations = Violations()
         method = self._payment_method(request.payment_method)
-        if method is not None and not charges.usable_for(method, request.customer_id, request.placed_by_customer):
+        if method is not None and not charges.usable_for(method, request.customer_id, request.owner_only):
             # Another customer's method: answered as one never issued.
             method = None
         if method is None:

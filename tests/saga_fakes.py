@@ -295,7 +295,7 @@ class FakePayments:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def charge(self, order: Order, placed_by_customer: bool) -> Payment:
+    def charge(self, order: Order, owner_only: bool) -> Payment:
         self.calls.append(("charge", order.id))
         return self.faults.run("charge", lambda: self._charge(order))
 

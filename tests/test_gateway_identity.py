@@ -458,6 +458,11 @@ def test_payment_methods_belong_to_their_maker(hs256):
     assert json.dumps(error).replace(their_order, unknown_order) == json.dumps(other)
     assert hs256.get(f"/orders/{their_order}", headers=stranger).get_json()["status"] == "FAILED"
     assert placed_with(hs256, maker, method_id)["status"] == "CONFIRMED"
+    # An admin's order is its customer's: the maker's method only for the maker.
+    for_stranger = hs256.post("/orders", json=order_body("stranger", method_id), headers=admin)
+    assert_error(for_stranger, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+    for_maker = hs256.post("/orders", json=order_body("maker", method_id), headers=admin)
+    assert (for_maker.status_code, for_maker.get_json()["status"]) == (201, "CONFIRMED")
 
 
 def placed_with(client, headers, payment_method) -> dict:

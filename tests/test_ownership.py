@@ -196,6 +196,23 @@ def test_another_customers_payment_method_in_an_order_is_an_unknown_method(shop)
     assert place(shop.orders(), customer_id="alice", payment_method=unowned).status == pb.CONFIRMED
 
 
+def test_an_admins_order_is_charged_only_on_a_method_its_customer_owns(shop):
+    """An admin orders for a customer; the order is the customer's, and so
+    must be the card: another's, the admin's own or an unowned one is unknown."""
+    bobs, admins, unowned = card_method_as(shop, BOB), card_method_as(shop, ADMIN), card_method(shop, "4242424242424242")
+    before = stock(shop, "P001")
+    for method in (bobs, admins, unowned):
+        error = refused(place, shop.orders(), customer_id="alice", payment_method=method, metadata=ADMIN)
+        assert (error.code, [field for field, _ in error.violations]) == (grpc.StatusCode.INVALID_ARGUMENT, ["payment_method"])
+        order = get_order(shop, error.metadata["order_id"], ADMIN)
+        assert (order.customer_id, order.status) == ("alice", pb.FAILED)
+        assert payments_of(shop, order.id) == []
+    assert stock(shop, "P001") == before
+    alices = card_method_as(shop, ALICE)
+    assert place(shop.orders(), customer_id="alice", payment_method=alices, metadata=ADMIN).status == pb.CONFIRMED
+    assert place(shop.orders(), customer_id="alice", payment_method="tok_visa", metadata=ADMIN).status == pb.CONFIRMED
+
+
 def test_another_customers_payments_are_not_found_and_list_as_an_unknown_order(shop):
     order = place(shop.orders(), customer_id="", metadata=ALICE)
     (payment,) = payments_of(shop, order.id)

@@ -69,7 +69,7 @@ def test_a_reservation_answers_each_products_price():
 def test_a_charge_answers_the_payment_with_its_status_name():
     answer = payment_pb2.Payment(id="pay_1", status=payment_pb2.DECLINED, decline_reason="card_declined")
     stub = Stub(Charge=answer)
-    assert PaymentClient(stub).charge(ORDER, placed_by_customer=True) == Payment(
+    assert PaymentClient(stub).charge(ORDER, owner_only=True) == Payment(
         "pay_1", "DECLINED", "card_declined"
     )
     ((_, sent),) = stub.requests
@@ -79,7 +79,7 @@ def test_a_charge_answers_the_payment_with_its_status_name():
         "USD",
         "tok_visa",
     )
-    assert (sent.customer_id, sent.placed_by_customer) == ("C1", True)
+    assert (sent.customer_id, sent.owner_only) == ("C1", True)
 
 
 def test_an_orders_payments_are_listed():

@@ -105,20 +105,20 @@ class ListPaymentsResponse(_message.Message):
     def __init__(self, payments: _Optional[_Iterable[_Union[Payment, _Mapping]]] = ...) -> None: ...
 
 class ChargeRequest(_message.Message):
-    __slots__ = ("order_id", "amount_cents", "currency", "payment_method", "customer_id", "placed_by_customer")
+    __slots__ = ("order_id", "amount_cents", "currency", "payment_method", "customer_id", "owner_only")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_CENTS_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_METHOD_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
-    PLACED_BY_CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ONLY_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     amount_cents: int
     currency: str
     payment_method: str
     customer_id: str
-    placed_by_customer: bool
-    def __init__(self, order_id: _Optional[str] = ..., amount_cents: _Optional[int] = ..., currency: _Optional[str] = ..., payment_method: _Optional[str] = ..., customer_id: _Optional[str] = ..., placed_by_customer: _Optional[bool] = ...) -> None: ...
+    owner_only: bool
+    def __init__(self, order_id: _Optional[str] = ..., amount_cents: _Optional[int] = ..., currency: _Optional[str] = ..., payment_method: _Optional[str] = ..., customer_id: _Optional[str] = ..., owner_only: _Optional[bool] = ...) -> None: ...
 
 class VoidRequest(_message.Message):
     __slots__ = ("order_id",)
