@@ -119,6 +119,9 @@ def create_app(config: GatewayConfig | None = None, started_at: float | None = N
     for route in OPERATIONS_ROUTES:
         gateway.routes[route.endpoint] = route.path
     gateway.methods = frozenset(method for rule in app.url_map.iter_rules() for method in rule.methods or ())
+    metrics.count_rate_limits_on(
+        {route for route in gateway.routes.values() if route not in UNLIMITED_PATHS} | {metrics.UNMATCHED_ROUTE}
+    )
 
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ApiError, _api_error)

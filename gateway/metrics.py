@@ -64,6 +64,13 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
     labelled(http_request_seconds, route, method).observe(seconds)
 
 
+def count_rate_limits_on(routes) -> None:
+    """Start each route's rate-limited count at 0, so /metrics shows the
+    series (and a query over it finds 0) before the first 429."""
+    for route in routes:
+        labelled(rate_limited, route)
+
+
 def registry():
     """The registry to read: every worker's figures when multiprocess."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -236,3 +236,19 @@ def test_memory_storage_is_one_budget_for_every_worker_process_of_the_gateway(ba
     assert results.get(timeout=30) == [True, True, False]
     worker.join(timeout=30)
     assert ours.check("10.0.0.9").remaining == 0
+
+
+def test_every_limited_route_counts_its_429s_from_zero(backends):
+    """/metrics has the rate-limited series of every route from the start,
+    so a query over it finds 0 rather than nothing before the first 429."""
+    client = make_client(backends)
+    exposition = client.get("/metrics").get_data(as_text=True)
+    counted = {
+        line.split('route="')[1].split('"')[0]
+        for line in exposition.splitlines()
+        if line.startswith("gateway_rate_limited_requests_total{")
+    }
+    operations = {route.path for route in OPERATIONS_ROUTES}
+    limited = set(client.application.extensions["shop_gateway"].routes.values()) - operations
+    assert len(limited) >= 10 and limited | {"unmatched"} <= counted
+    assert not counted & operations
