@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 BUDGET = 8
 # Bounds, not assertions: each only keeps a broken run from hanging.
 START_TIMEOUT_S = 30
-MAX_SPREAD_REQUESTS = 200
+SPREAD_TIMEOUT_S = 30
 
 
 def _free_port() -> int:
@@ -169,16 +169,31 @@ def metric_value(text: str, name: str, **labels) -> float:
     return total
 
 
+def until_both_workers_answer(metrics_dir: str, route: str, send, at_least: int = 0) -> int:
+    """Call send() until both workers have answered `route` (and at least
+    `at_least` times); returns how many calls it made. Bounded by time, not
+    by a count: the gateway serves once its first worker is up, and on a busy
+    machine the second may start seconds later."""
+    sent = 0
+    give_up = time.monotonic() + SPREAD_TIMEOUT_S
+    while sent < at_least or len(requests_by_worker(metrics_dir, route)) < 2:
+        if time.monotonic() > give_up:
+            break
+        send()
+        sent += 1
+    return sent
+
+
 def test_rate_limit_holds_across_two_workers_with_redis(gateway):
     statuses = [gateway.request("GET", "/inventory/P001")[0] for _ in range(BUDGET + 2)]
     assert statuses[:BUDGET] == [200] * BUDGET
     assert statuses[BUDGET:] == [429, 429]
     # Keep asking until both workers have answered this route: with a budget
     # per worker, the second one would have served 200s of its own.
-    for _ in range(MAX_SPREAD_REQUESTS):
-        if len(requests_by_worker(gateway.metrics_dir, "/inventory/{product_id}")) >= 2:
-            break
+    def over_budget():
         assert gateway.request("GET", "/inventory/P001")[0] == 429
+
+    until_both_workers_answer(gateway.metrics_dir, "/inventory/{product_id}", over_budget)
     workers = requests_by_worker(gateway.metrics_dir, "/inventory/{product_id}")
     assert len(workers) == 2, workers
     assert sum(counts["200"] for counts in workers.values()) == BUDGET
@@ -194,12 +209,10 @@ def test_rate_limit_holds_across_two_workers_with_redis(gateway):
 
 
 def test_metrics_sum_across_workers(gateway):
-    sent = 0
-    for _ in range(MAX_SPREAD_REQUESTS):
+    def healthy():
         assert gateway.request("GET", "/health")[0] == 200
-        sent += 1
-        if sent >= 20 and len(requests_by_worker(gateway.metrics_dir, "/health")) >= 2:
-            break
+
+    sent = until_both_workers_answer(gateway.metrics_dir, "/health", healthy, at_least=20)
     assert len(requests_by_worker(gateway.metrics_dir, "/health")) == 2
     expected = sum(c["200"] for c in requests_by_worker(gateway.metrics_dir, "/health").values())
     assert expected >= sent
@@ -247,10 +260,11 @@ def test_memory_storage_is_one_budget_across_two_workers(backends, tmp_path):
         gateway.wait_until_serving()
         statuses = [gateway.request("GET", "/inventory/P001")[0] for _ in range(BUDGET + 2)]
         assert statuses == [200] * BUDGET + [429, 429]
-        for _ in range(MAX_SPREAD_REQUESTS):
-            if len(requests_by_worker(str(tmp_path / "metrics"), "/inventory/{product_id}")) >= 2:
-                break
+
+        def over_budget():
             assert gateway.request("GET", "/inventory/P001")[0] == 429
+
+        until_both_workers_answer(str(tmp_path / "metrics"), "/inventory/{product_id}", over_budget)
         workers = requests_by_worker(str(tmp_path / "metrics"), "/inventory/{product_id}")
         assert len(workers) == 2, workers
         assert sum(counts["200"] for counts in workers.values()) == BUDGET
