@@ -4,7 +4,6 @@ over every address behind the target; with TLS on, the channel presents this
 process's certificate and checks the server's."""
 
 import json
-import socket
 import time
 import uuid
 
@@ -15,38 +14,12 @@ from plumbing import tls as mtls
 from plumbing.config import TlsConfig
 from plumbing.deadlines import timeout_for_call
 from plumbing.logs import request_id_var
+from plumbing.targets import list_host, resolve_target
 
 # A replica that restarts (a rollout, a crash) is reconnected within about
 # this long, and until then round_robin sends its share to the others.
 INITIAL_RECONNECT_BACKOFF_MS = 250
 MAX_RECONNECT_BACKOFF_MS = 2_000
-
-
-def resolve_target(address: str) -> str:
-    """A gRPC target for INVENTORY_ADDR and friends.
-
-    'host:port' and gRPC targets ('dns:///inventory:50051') pass through; a
-    comma-separated list of host:port becomes a static ipv4:/ipv6: list
-    (resolved once, here) so round_robin spreads calls over all of them.
-    """
-    address = address.strip()
-    if "," not in address:
-        return address
-    v4, v6 = [], []
-    for part in filter(None, (p.strip() for p in address.split(","))):
-        host, _, port = part.rpartition(":")
-        host = host.strip("[]")
-        for family, _, _, _, sockaddr in socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP):
-            if family == socket.AF_INET:
-                v4.append(f"{sockaddr[0]}:{port}")
-            elif family == socket.AF_INET6:
-                v6.append(f"[{sockaddr[0]}]:{port}")
-            break
-    if v4 and not v6:
-        return "ipv4:" + ",".join(v4)
-    if v6 and not v4:
-        return "ipv6:" + ",".join(v6)
-    raise ValueError(f"cannot mix IPv4 and IPv6 addresses in {address!r}")
 
 
 def service_config(service: str, retry_methods: tuple[str, ...] = ()) -> str:
@@ -236,6 +209,11 @@ def dial(address: str, tls: TlsConfig | None, options=()) -> grpc.Channel:
     options = [*options, _OWN_CONNECTIONS]
     if tls is None:
         return grpc.insecure_channel(resolve_target(address), options=options)
+    host = list_host(address)
+    if host is not None:
+        # The list is resolved to addresses: check each server's certificate
+        # against the name it was given by.
+        options.append(("grpc.ssl_target_name_override", host))
     return grpc.secure_channel(resolve_target(address), mtls.channel_credentials(tls), options=options)
 
 

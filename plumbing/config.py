@@ -6,9 +6,12 @@ starts several processes from one environment, maps the per-service forms
 """
 
 import functools
+import logging
 import os
 import sys
 from dataclasses import dataclass
+
+from plumbing.targets import list_host, resolve_target
 
 DEFAULT_PORTS = {"inventory": 50051, "payment": 50052, "order": 50053}
 DEFAULT_METRICS_PORTS = {"inventory": 9101, "payment": 9102, "order": 9103}
@@ -89,7 +92,10 @@ class LogConfig:
         fmt = env_str("LOG_FORMAT", "json").lower()
         if fmt not in ("json", "text"):
             raise ConfigError(f"LOG_FORMAT={fmt!r} must be json or text")
-        return cls(level=env_str("LOG_LEVEL", "INFO").upper(), format=fmt)
+        level = env_str("LOG_LEVEL", "INFO").upper()
+        if not isinstance(logging.getLevelName(level), int):
+            raise ConfigError(f"LOG_LEVEL={level!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return cls(level=level, format=fmt)
 
 
 TLS_FILES = ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")
@@ -203,13 +209,28 @@ class UpstreamConfig:
     def from_env(
         cls, timeout_env: str = "UPSTREAM_TIMEOUT_S", default_timeout_s: float = 10.0, identity: str = "gateway"
     ):
+        tls = TlsConfig.from_env(identity)
         return cls(
-            inventory_addr=env_str("INVENTORY_ADDR", f"localhost:{DEFAULT_PORTS['inventory']}"),
-            payment_addr=env_str("PAYMENT_ADDR", f"localhost:{DEFAULT_PORTS['payment']}"),
-            order_addr=env_str("ORDER_ADDR", f"localhost:{DEFAULT_PORTS['order']}"),
+            inventory_addr=env_target("INVENTORY_ADDR", f"localhost:{DEFAULT_PORTS['inventory']}", tls),
+            payment_addr=env_target("PAYMENT_ADDR", f"localhost:{DEFAULT_PORTS['payment']}", tls),
+            order_addr=env_target("ORDER_ADDR", f"localhost:{DEFAULT_PORTS['order']}", tls),
             timeout_s=env_float(timeout_env, default_timeout_s, minimum=0.001),
-            tls=TlsConfig.from_env(identity),
+            tls=tls,
         )
+
+
+def env_target(name: str, default: str, tls: "TlsConfig | None") -> str:
+    """An address to call (plumbing/targets.py), checked at start: a
+    comma-separated list must resolve, in one address family (and name one
+    host, with TLS), or the process refuses to start rather than fail calls."""
+    address = env_str(name, default)
+    try:
+        resolve_target(address)
+        if tls is not None:
+            list_host(address)
+    except ValueError as error:
+        raise ConfigError(f"{name}={address!r}: {error}") from None
+    return address
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from plumbing import access
+from plumbing.channels import dial
 from plumbing.config import ConfigError, ServerConfig, TlsConfig, UpstreamConfig
 from plumbing.errors import from_rpc_error
 from plumbing.server import Service, ShopServer
@@ -210,6 +211,26 @@ def test_a_whole_order_goes_through_the_gateway_over_mtls(mesh, certs):
     cancelled = client.delete(f"/orders/{order['id']}")
     assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "CANCELLED"
     assert client.get("/ready").status_code == 200
+
+
+def test_a_comma_separated_list_is_checked_against_the_name_it_gives(mesh, certs, monkeypatch):
+    # The list is resolved to addresses: without the name, no certificate
+    # would match and every call would be UNAVAILABLE.
+    port = mesh["inventory"].address.rpartition(":")[2]
+    for listed in (f"localhost:{port},localhost:{port}", f"127.0.0.1:{port},127.0.0.1:{port}"):
+        channel = dial(listed, certs("gateway"))
+        assert health_of(channel) == health_pb2.HealthCheckResponse.SERVING
+        channel.close()
+    # Several names: no one name to check every server against.
+    for name, path in (("TLS_CERT_FILE", "gateway.crt"), ("TLS_KEY_FILE", "gateway.key"), ("TLS_CA_FILE", "ca.crt")):
+        monkeypatch.setenv(name, str(certs.dir / path))
+    monkeypatch.setenv("INVENTORY_ADDR", f"localhost:{port},127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="INVENTORY_ADDR=.*must share one host name"):
+        UpstreamConfig.from_env()
+    monkeypatch.delenv("TLS_CA_FILE")
+    monkeypatch.delenv("TLS_CERT_FILE")
+    monkeypatch.delenv("TLS_KEY_FILE")
+    assert UpstreamConfig.from_env().inventory_addr == f"localhost:{port},127.0.0.1:{port}"
 
 
 def test_tls_settings_come_together_or_not_at_all(monkeypatch, certs):

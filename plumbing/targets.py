@@ -1,0 +1,62 @@
+"""What INVENTORY_ADDR and friends may say, as a gRPC target: 'host:port', a
+gRPC target ('dns:///inventory:50051', 'ipv4:10.0.0.1:50051,10.0.0.2:50051'),
+or a comma-separated list of host:port, spread round-robin."""
+
+import socket
+
+# Target schemes grpc resolves itself: such an address passes through as it is.
+GRPC_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+def _parts(address: str) -> list[tuple[str, int]]:
+    """(host, port) of each address of a comma-separated list."""
+    parts = []
+    for part in filter(None, (p.strip() for p in address.split(","))):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{part!r} in a comma-separated list is not host:port")
+        parts.append((host.removeprefix("[").removesuffix("]"), int(port)))
+    return parts
+
+
+def is_list(address: str) -> bool:
+    address = address.strip()
+    return "," in address and not address.startswith(GRPC_SCHEMES)
+
+
+def resolve_target(address: str) -> str:
+    """The gRPC target for `address`. A comma-separated list becomes a static
+    ipv4: or ipv6: list, resolved here (grpc has no scheme for a list of
+    names), so round_robin spreads calls over all of them; every other form
+    passes through. Raises ValueError for a list it cannot use."""
+    address = address.strip()
+    if not is_list(address):
+        return address
+    v4, v6 = [], []
+    for host, port in _parts(address):
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)[0]
+        except socket.gaierror:
+            raise ValueError(f"cannot resolve {host!r}") from None
+        if family == socket.AF_INET6:
+            v6.append(f"[{sockaddr[0]}]:{port}")
+        else:
+            v4.append(f"{sockaddr[0]}:{port}")
+    if v4 and v6:
+        raise ValueError("a comma-separated list cannot mix IPv4 and IPv6 addresses")
+    return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
+
+
+def list_host(address: str) -> str | None:
+    """The one host name of a comma-separated list, which TLS checks every
+    server's certificate against (a resolved list keeps no names); None for
+    any other form. Raises ValueError if the list names several hosts."""
+    if not is_list(address):
+        return None
+    hosts = {host for host, _ in _parts(address)}
+    if len(hosts) > 1:
+        raise ValueError(
+            "with TLS, the addresses of a comma-separated list must share one host name, which every "
+            "certificate is checked against; put them behind one DNS name (dns:///inventory:50051)"
+        )
+    return hosts.pop()
