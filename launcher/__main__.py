@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from launcher.plan import ProcessSpec, local_environ, plan, replicated_environ, tls_environ
 from launcher.probes import ports_in_use, shop_ready
 from launcher.supervisor import POLL_S, PROBE_EVERY_S, FirstStartFailed, Supervisor
+from plumbing.config import exits_on_config_error
 from plumbing.server import stop_on_signals
 
 # Said once if the shop is up but /ready still answers 503 after this long.
@@ -79,6 +80,7 @@ def run(specs: list[ProcessSpec], credentials: Sequence[str] = (), out=sys.stdou
     return exit_code
 
 
+@exits_on_config_error("make run: refusing to start")
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m launcher", description="make run: every process of the shop on this machine, supervised."

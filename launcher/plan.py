@@ -1,9 +1,10 @@
 """Which processes make run starts, and the environment of each.
 
-Each process reads the plain names (METRICS_PORT, DATABASE_URL, PROCESSES,
-TLS_CERT_FILE, TLS_KEY_FILE); the plan maps the per-service forms
-(INVENTORY_METRICS_PORT, INVENTORY_DATABASE_URL, INVENTORY_PROCESSES,
-GATEWAY_TLS_CERT_FILE, ...) onto them, so one environment configures all.
+Each process reads the plain names (METRICS_PORT, HEALTH_PORT, DATABASE_URL,
+PROCESSES, TLS_CERT_FILE, TLS_KEY_FILE); the plan maps the per-service forms
+(INVENTORY_METRICS_PORT, INVENTORY_HEALTH_PORT, INVENTORY_DATABASE_URL,
+INVENTORY_PROCESSES, GATEWAY_TLS_CERT_FILE, ...) onto them, so one environment
+configures all.
 """
 
 import os
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from gateway.upstreams import SERVICES as BACKENDS
 from launcher import databases
-from plumbing.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, TlsConfig
+from plumbing.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ConfigError, TlsConfig
 
 SERVICES = ("inventory", "payment", "order")
 # Each process's own certificate; TLS_CA_FILE is shared.
@@ -22,6 +23,9 @@ PER_PROCESS_TLS = ("TLS_CERT_FILE", "TLS_KEY_FILE")
 SERVICE_NAMES = {f"{name}_svc": service.full_name for name, service in BACKENDS.items()}
 # Replica n listens on the default port + n * REPLICA_PORT_STEP.
 REPLICA_PORT_STEP = 100
+# Settings of one process each, never handed on as they are: make run takes
+# their per-service forms.
+PER_SERVICE = ("METRICS_PORT", "HEALTH_PORT", "DATABASE_URL", "PROCESSES")
 
 
 @dataclass
@@ -40,7 +44,18 @@ class ProcessSpec:
         ports = [(self.port, f"{key}_PORT", "gRPC")]
         if self.metrics_port:
             ports.append((self.metrics_port, f"{key}_METRICS_PORT", "metrics"))
+        if self.env.get("HEALTH_PORT"):
+            ports.append((int(self.env["HEALTH_PORT"]), f"{key}_HEALTH_PORT", "plaintext health"))
         return ports
+
+    @property
+    def grpc_address(self) -> str:
+        """Where this machine reaches its gRPC port: the address GRPC_BIND_HOST
+        names, or loopback when it binds every interface."""
+        host = self.env.get("GRPC_BIND_HOST", "").strip().removeprefix("[").removesuffix("]")
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     @property
     def tls(self) -> TlsConfig | None:
@@ -51,6 +66,11 @@ class ProcessSpec:
 
 def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
     """The processes to start and the environment of each."""
+    if environ.get("HEALTH_PORT", "").strip():
+        raise ConfigError(
+            "HEALTH_PORT is one process's port, and make run starts three services: "
+            "set INVENTORY_HEALTH_PORT, PAYMENT_HEALTH_PORT or ORDER_HEALTH_PORT instead"
+        )
     specs = []
     addrs: dict[str, str] = {}
     for service in SERVICES:
@@ -60,13 +80,15 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
         ports = [port + n * REPLICA_PORT_STEP for n in range(replicas)]
         addrs[f"{key}_ADDR"] = environ.get(f"{key}_ADDR") or ",".join(f"localhost:{p}" for p in ports)
         for n, replica_port in enumerate(ports):
-            env = {k: v for k, v in environ.items() if k not in ("METRICS_PORT", "DATABASE_URL", "PROCESSES")}
+            env = {k: v for k, v in environ.items() if k not in PER_SERVICE}
             env.update(own_tls(environ, key))
             env[f"{key}_PORT"] = str(replica_port)
             env["OTEL_SERVICE_NAME"] = service
             if environ.get(f"{key}_PROCESSES"):
                 env["PROCESSES"] = environ[f"{key}_PROCESSES"]
             env["METRICS_PORT"] = str(metrics + n * REPLICA_PORT_STEP)
+            if environ.get(f"{key}_HEALTH_PORT", "").strip():
+                env["HEALTH_PORT"] = str(int(environ[f"{key}_HEALTH_PORT"]) + n * REPLICA_PORT_STEP)
             if environ.get(f"{key}_DATABASE_URL"):
                 env["DATABASE_URL"] = environ[f"{key}_DATABASE_URL"]
             specs.append(ProcessSpec(f"{service}-{n + 1}", f"{service}_svc", env, replica_port, metrics + n * REPLICA_PORT_STEP))

@@ -45,7 +45,7 @@ def probe(spec: ProcessSpec, timeout_s: float = 1.0) -> str | None:
                 return "SERVING" if response.status == 200 else None
         except (urllib.error.URLError, OSError):
             return None
-    with dial(f"127.0.0.1:{spec.port}", spec.tls) as channel:
+    with dial(spec.grpc_address, spec.tls) as channel:
         try:
             # The service's own name (its readiness): "" only says the process is alive.
             request = health_pb2.HealthCheckRequest(service=SERVICE_NAMES[spec.module])

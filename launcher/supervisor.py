@@ -107,8 +107,13 @@ class Supervisor:
         # One write per line, under one lock: on a terminal the processes'
         # lines and make run's own never run into each other.
         with self._output_lock:
-            stream.write(line + "\n")
-            stream.flush()
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except OSError:
+                # The terminal is gone (a hang-up): nowhere to say it, and
+                # stopping the processes must go on.
+                pass
 
     # Starting and watching
 

@@ -121,7 +121,7 @@ class ShopServer:
                 ],
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            self.health_port = _listen(self.health_server, host, health_port)
+            self.health_port = _listen(self.health_server, host, health_port, what="HEALTH_PORT")
 
     def start(self) -> "ShopServer":
         self.server.start()
@@ -153,7 +153,13 @@ class ShopServer:
             self.health_server.stop(0).wait()
 
 
-def _listen(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
+def _listen(
+    server: grpc.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None = None,
+    what: str = "gRPC port",
+) -> int:
     """Bind the port (mutual TLS with credentials); the port bound."""
     try:
         if credentials is None:
@@ -164,7 +170,7 @@ def _listen(server: grpc.Server, host: str, port: int, credentials: grpc.ServerC
         bound = 0
     if bound == 0:
         raise ConfigError(
-            f"cannot listen on gRPC port {address(host, port)}: it is in use (another shop may be running?)"
+            f"cannot listen on {what} {address(host, port)}: it is in use (another shop may be running?)"
         )
     return bound
 
@@ -352,8 +358,8 @@ def _check_port_free(port: int) -> None:
 
 
 def stop_on_signals(stopping: threading.Event, orphaned: Callable[[], bool] | None = None) -> None:
-    """SIGTERM and SIGINT set `stopping` (and so does `orphaned()` turning
-    true). Not from the signal handler itself: a handler runs in the main
+    """SIGTERM, SIGINT and SIGHUP (a terminal gone) set `stopping` (and so
+    does `orphaned()` turning true). Not from the signal handler itself: a handler runs in the main
     thread between two bytecodes, possibly inside stopping.wait() holding
     the event's lock, and setting the event there deadlocks that thread (a
     second SIGTERM did, in a process group stopped twice over). The handler
@@ -363,8 +369,8 @@ def stop_on_signals(stopping: threading.Event, orphaned: Callable[[], bool] | No
     def on_signal(signum, _frame):
         received.append(signum)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
 
     def watch() -> None:
         while not received and not (orphaned is not None and orphaned()):

@@ -13,12 +13,15 @@ import subprocess
 import sys
 import threading
 
+import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from launcher import databases, supervisor
 from launcher.plan import local_environ, plan
 from launcher.stack import free_port_base, http
+from plumbing.config import ConfigError
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.harness import ROOT, eventually
 
@@ -200,6 +203,55 @@ def test_a_crash_looping_process_is_reported_with_its_last_lines(make_run):
     quoted = shop.said[report_at + 1 :]
     assert any('"service": "payment"' in line for line in quoted)
     assert shop.finish() == 0
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_a_hang_up_stops_every_process_of_a_shop_bound_to_one_address(make_run):
+    """GRPC_BIND_HOST names one address: make run looks for its services
+    there (it looked on 127.0.0.1, never said the shop was ready and took a
+    later crash for a failed start); per-service health ports; and a
+    terminal hanging up (SIGHUP) stops the shop as Ctrl-C does, orphaning
+    nothing."""
+    health = {service: free_port_base() for service in ("INVENTORY", "PAYMENT", "ORDER")}
+    settings = {f"{service}_HEALTH_PORT": str(port) for service, port in health.items()}
+    shop = make_run(GRPC_BIND_HOST="::1", **settings)
+    shop.wait_for(r"shop is ready at")
+    for port in health.values():
+        with grpc.insecure_channel(f"[::1]:{port}") as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    pids = shop.pids()
+    shop.proc.send_signal(signal.SIGHUP)
+    assert shop.proc.wait(timeout=60) == 0
+    assert not any(map(alive, pids.values()))
+    assert shop.restarted() == []
+
+
+def test_health_port_is_one_processs_so_make_run_takes_it_per_service():
+    with pytest.raises(ConfigError, match="set INVENTORY_HEALTH_PORT, PAYMENT_HEALTH_PORT or ORDER_HEALTH_PORT"):
+        plan({"HEALTH_PORT": "8081"})
+    specs = {spec.name: spec for spec in plan({"PAYMENT_HEALTH_PORT": "8082"}, replicas=2)}
+    assert [specs[name].env.get("HEALTH_PORT") for name in ("payment-1", "payment-2", "order-1")] == ["8082", "8182", None]
+    assert (8182, "PAYMENT_HEALTH_PORT", "plaintext health") in specs["payment-2"].listens_on()
+
+
+def test_make_run_reaches_a_service_where_grpc_bind_host_puts_it():
+    def address(host):
+        (spec,) = [s for s in plan({"GRPC_BIND_HOST": host, "INVENTORY_PORT": "7001"}) if s.name == "inventory-1"]
+        return spec.grpc_address
+
+    assert [address(h) for h in ("", "0.0.0.0", "::", "[::]", "::1", "[::1]", "10.1.2.3")] == [
+        "127.0.0.1:7001", "127.0.0.1:7001", "127.0.0.1:7001", "127.0.0.1:7001", "[::1]:7001", "[::1]:7001", "10.1.2.3:7001",
+    ]
 
 
 def test_a_port_in_use_stops_make_run_before_anything_starts(make_run):
