@@ -134,7 +134,7 @@ def local_credentials(environ: dict[str, str]) -> list[str]:
     lines += [
         "a customer's token:  TOKEN=$(" + python + " -m gateway.token --sub C123)",
         "an admin's token:    TOKEN=$(" + python + " -m gateway.token --sub ops --scope shop:admin)",
-        "then:                curl -H \"Authorization: Bearer $TOKEN\" localhost:30080/orders",
+        f"then:                curl -H \"Authorization: Bearer $TOKEN\" localhost:{environ.get('GATEWAY_PORT', 30080)}/orders",
     ]
     return lines
 

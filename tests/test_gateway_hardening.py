@@ -170,6 +170,8 @@ def test_make_run_with_auth_jwt_says_how_to_get_a_token():
     assert any(f"export AUTH_HS256_SECRET={secret}" in line for line in lines)
     assert any("-m gateway.token --sub C123)" in line for line in lines)
     assert any("--scope shop:admin" in line for line in lines)
+    assert any(line.endswith(" localhost:30080/orders") for line in lines)
+    assert local_credentials({"AUTH": "jwt", "GATEWAY_PORT": "37080"})[-1].endswith(" localhost:37080/orders")
     with_provider = {"AUTH": "jwt", "AUTH_JWKS_URL": "https://idp.example/jwks"}
     (line,) = local_credentials(with_provider)
     assert "identity provider" in line and "AUTH_HS256_SECRET" not in with_provider
