@@ -131,7 +131,7 @@ def test_the_gateway_may_not_call_saga_steps_even_with_an_invalid_request(mesh, 
     assert error.metadata == {"caller": "gateway", "method": f"{descriptor.full_name}/{method}"}
 
 
-def test_the_order_service_may_reserve_charge_and_refund(mesh, certs):
+def test_the_order_service_may_reserve_charge_refund_and_read(mesh, certs):
     order = certs("order")
     inventory = inventory_pb2_grpc.InventoryServiceStub(mesh["inventory"].channel(order))
     payment = payment_pb2_grpc.PaymentServiceStub(mesh["payment"].channel(order))
@@ -142,6 +142,9 @@ def test_the_order_service_may_reserve_charge_and_refund(mesh, certs):
     assert payment.Charge(charge, timeout=5).status == pay.CAPTURED
     assert payment.Refund(pay.RefundRequest(order_id="ord_mtls"), timeout=5).status == pay.REFUNDED
     assert inventory.Release(inv.ReleaseRequest(order_id="ord_mtls"), timeout=5).status == inv.RELEASED
+    # And read what the saga reads.
+    assert inventory.GetProduct(inv.GetProductRequest(product_id="P001"), timeout=5).product_id == "P001"
+    assert len(payment.ListPayments(pay.ListPaymentsRequest(order_id="ord_mtls"), timeout=5).payments) == 1
 
 
 def test_an_unknown_identity_is_denied_everything_but_health_and_reflection(mesh, certs):
