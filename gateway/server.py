@@ -22,7 +22,7 @@ from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 
 from gateway import ratelimit
-from gateway.config import GatewayConfig
+from gateway.config import DEFAULT_THREADS, GatewayConfig
 from plumbing import tracing
 from plumbing.logs import setup_logging
 
@@ -134,13 +134,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class DefaultThreadsMeasured(logging.Filter):
+    """Drops granian's warning that the threads are many for the cores: the
+    default GATEWAY_THREADS is what measured fastest (docs/performance.md),
+    and an operator should not read a WARNING at every default start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Configuration allows spawning up to")
+
+
 def _granian_logging(config: GatewayConfig) -> dict:
     """granian's own lines (workers starting and stopping) in the shop's format, on stderr."""
     formatter = {"()": "plumbing.logs.formatter", "service": "gateway", "fmt": config.log.format}
+    console = {"formatter": "generic", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    if config.threads == DEFAULT_THREADS:
+        console["filters"] = ["default_threads"]
     return {
+        "filters": {"default_threads": {"()": DefaultThreadsMeasured}},
         "formatters": {"generic": formatter, "access": formatter},
         "handlers": {
-            "console": {"formatter": "generic", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+            "console": console,
             "access": {"formatter": "access", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
         },
     }

@@ -354,3 +354,24 @@ def test_a_request_that_is_not_readable_http_gets_the_servers_minimal_answer(sin
     assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode()
     assert body == b""
     assert single_worker.request("GET", "/inventory/P001")[0] == 200
+
+
+def test_the_default_threads_start_without_granians_warning_and_many_keep_it(backends, tmp_path):
+    """granian warns that threads are many for the cores; the default is
+    measured (docs/performance.md), so it starts quietly, while a setting
+    far past the cores still gets the warning."""
+    warning = "Configuration allows spawning up to"
+    for threads, warned in ((None, False), ("64", True)):
+        env = gateway_env(backends, GATEWAY_WORKERS="1")
+        if threads is None:
+            del env["GATEWAY_THREADS"]
+        else:
+            env["GATEWAY_THREADS"] = threads
+        gateway = GatewayProcess(env, str(tmp_path / f"gateway-{threads}.log"))
+        try:
+            gateway.wait_until_serving()
+        finally:
+            gateway.stop()
+        log = gateway.log()
+        assert "Started worker-1" in log
+        assert (warning in log) is warned, log
