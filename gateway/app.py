@@ -37,6 +37,9 @@ audit_log = logging.getLogger("gateway.audit")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # Requests with any other method are counted under this one label.
 OTHER_METHOD = "OTHER"
+# Probes and scrapes, every few seconds from every kubelet and Prometheus:
+# not traced (a trace each would bury the orders').
+UNTRACED_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 
 
 
@@ -147,7 +150,7 @@ def _begin_request() -> None:
     state.request_id_token = request_id_var.set(state.request_id)
     gateway = _gateway()
     route = state.route = gateway.routes.get(req.endpoint, metrics.UNMATCHED_ROUTE)
-    if tracing.enabled:
+    if tracing.enabled and route not in UNTRACED_ROUTES:
         # Continues the client's traceparent, if it sent one.
         state.span, state.span_token = tracing.start_server_span(
             f"{req.method} {route}", req.headers, {"http.request.method": req.method, "http.route": route}

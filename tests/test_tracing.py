@@ -101,6 +101,18 @@ def test_one_order_is_one_trace_from_the_clients_traceparent_through_every_servi
     assert parent(steps["saga.confirm"]) is steps["saga.charge"]
 
 
+def test_probes_and_scrapes_are_not_traced(spans, shop):
+    # /ready asks every backend's health too: no span there either.
+    for path in ("/health", "/ready", "/metrics"):
+        assert shop.get(path).status_code == 200
+    assert not spans.get_finished_spans()
+    assert shop.get("/inventory").status_code == 200
+    assert [s.name for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER] == [
+        "shop.inventory.v1.InventoryService/ListProducts",
+        "GET /inventory",
+    ]
+
+
 def test_without_a_traceparent_the_gateway_starts_the_trace(spans, shop):
     assert shop.get("/inventory/P001").status_code == 200
     (request,) = [s for s in spans.get_finished_spans() if s.name == "GET /inventory/{product_id}"]
