@@ -10,7 +10,8 @@ from plumbing.config import ConfigError, LogConfig, UpstreamConfig, env_int, env
 
 DEFAULT_PORT = 30080
 # Worker processes x threads: what measured fastest on a 2-core machine
-# (docs/performance.md); one worker per core, threads for calls in flight.
+# (docs/performance.md), whatever the cores here: one worker per core there,
+# threads for calls in flight.
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 8
 
