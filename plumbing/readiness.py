@@ -1,8 +1,9 @@
 """A service's readiness follows its database.
 
 At start the service serves health as NOT_SERVING while it connects and
-migrates, retrying with backoff (one log line per failed attempt) until the
-database answers; it never exits because its database is down. Once ready,
+migrates, retrying with backoff until the database answers (a log line at
+failed attempts 1, 2, 4, 8 ...: a database away for an hour is a dozen
+lines, not thousands); it never exits because its database is down. Once ready,
 a probe watches the database: unreachable for longer than
 UNREACHABLE_AFTER_S, the service turns NOT_SERVING (clients' health checking
 routes around it to a replica that can serve), and SERVING at the probe's
@@ -65,6 +66,10 @@ class DatabaseReadiness:
                 self.prepare()
             except DatabaseUnavailable as error:
                 delay = next(delays)
+                if attempt & (attempt - 1):
+                    # Not a power of two: retried without a line.
+                    stopping.wait(delay)
+                    continue
                 log.warning(
                     "database not ready; retrying",
                     extra={"attempt": attempt, "retry_in_s": delay, "cause": db.describe(error)},
