@@ -50,7 +50,7 @@ def run(specs: list[ProcessSpec], credentials: Sequence[str] = (), out=sys.stdou
     if gateway.tls:
         files = " ".join(f"{flag} {gateway.env[name]}" for flag, name in (
             ("-cacert", "TLS_CA_FILE"), ("-cert", "TLS_CERT_FILE"), ("-key", "TLS_KEY_FILE")))
-        say(f"mutual TLS between the processes; grpcurl {files} localhost:{specs[0].port} list")
+        say(f"mutual TLS between the processes; .venv/bin/grpcurl {files} localhost:{specs[0].port} list")
     say("Ctrl-C stops everything.")
 
     exit_code = 0
