@@ -425,11 +425,8 @@ def error_schema() -> dict:
                         "description": "a stable UPPER_SNAKE cause; each response lists its own, e.g. "
                         + ", ".join(HTTP_STATUS_BY_REASON),
                     },
-                    "message": {
-                        "type": "string",
-                        "description": "for people; it may name the ids or path asked for, never a card number, "
-                        "CVC or token",
-                    },
+                    "message": {"type": "string", "description": "for people; it may name the ids or path asked "
+                                "for, never a card number, CVC or token"},
                     "details": {
                         "type": "array",
                         "description": "google.rpc details: an ErrorInfo (reason, domain shop, metadata such as "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from gateway.upstreams import SERVICES as BACKENDS
 from launcher import databases
 from plumbing.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ConfigError, TlsConfig
+from plumbing.targets import bare_host
 
 SERVICES = ("inventory", "payment", "order")
 # Each process's own certificate; TLS_CA_FILE is shared.
@@ -52,7 +53,7 @@ class ProcessSpec:
     def grpc_address(self) -> str:
         """Where this machine reaches its gRPC port: the address GRPC_BIND_HOST
         names, or loopback when it binds every interface."""
-        host = self.env.get("GRPC_BIND_HOST", "").strip().removeprefix("[").removesuffix("]")
+        host = bare_host(self.env.get("GRPC_BIND_HOST", ""))
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"

@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from plumbing.targets import list_host, resolve_target
+from plumbing.targets import bare_host, list_host, resolve_target
 
 DEFAULT_PORTS = {"inventory": 50051, "payment": 50052, "order": 50053}
 DEFAULT_METRICS_PORTS = {"inventory": 9101, "payment": 9102, "order": 9103}
@@ -79,7 +79,7 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_host(name: str, default: str) -> str:
     """A host to bind, as a bare name or address (an IPv6 one without brackets)."""
-    return env_str(name, default).removeprefix("[").removesuffix("]")
+    return bare_host(env_str(name, default))
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class UpstreamConfig:
         )
 
 
-def env_target(name: str, default: str, tls: "TlsConfig | None") -> str:
+def env_target(name: str, default: str, tls: TlsConfig | None) -> str:
     """An address to call (plumbing/targets.py), checked at start: a
     comma-separated list must resolve, in one address family (and name one
     host, with TLS), or the process refuses to start rather than fail calls."""

@@ -66,14 +66,11 @@ class DatabaseReadiness:
                 self.prepare()
             except DatabaseUnavailable as error:
                 delay = next(delays)
-                if attempt & (attempt - 1):
-                    # Not a power of two: retried without a line.
-                    stopping.wait(delay)
-                    continue
-                log.warning(
-                    "database not ready; retrying",
-                    extra={"attempt": attempt, "retry_in_s": delay, "cause": db.describe(error)},
-                )
+                if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8 ...: ever fewer lines
+                    log.warning(
+                        "database not ready; retrying",
+                        extra={"attempt": attempt, "retry_in_s": delay, "cause": db.describe(error)},
+                    )
                 stopping.wait(delay)
                 continue
             log.info("database ready", extra={"attempts": attempt})

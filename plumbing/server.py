@@ -359,8 +359,9 @@ def _check_port_free(port: int) -> None:
 
 def stop_on_signals(stopping: threading.Event, orphaned: Callable[[], bool] | None = None) -> None:
     """SIGTERM, SIGINT and SIGHUP (a terminal gone) set `stopping` (and so
-    does `orphaned()` turning true). Not from the signal handler itself: a handler runs in the main
-    thread between two bytecodes, possibly inside stopping.wait() holding
+    does `orphaned()` turning true). Not from the signal handler itself: a
+    handler runs in the main thread between two bytecodes, possibly inside
+    stopping.wait() holding
     the event's lock, and setting the event there deadlocks that thread (a
     second SIGTERM did, in a process group stopped twice over). The handler
     only notes the signal; a watcher thread sets the event."""

@@ -8,6 +8,11 @@ import socket
 GRPC_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 
 
+def bare_host(host: str) -> str:
+    """A host name or address as sockets take it: an IPv6 one without brackets."""
+    return host.strip().removeprefix("[").removesuffix("]")
+
+
 def _parts(address: str) -> list[tuple[str, int]]:
     """(host, port) of each address of a comma-separated list."""
     parts = []
@@ -15,11 +20,15 @@ def _parts(address: str) -> list[tuple[str, int]]:
         host, _, port = part.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"{part!r} in a comma-separated list is not host:port")
-        parts.append((host.removeprefix("[").removesuffix("]"), int(port)))
+        parts.append((bare_host(host), int(port)))
+    if not parts:
+        raise ValueError("a comma-separated list names no address")
     return parts
 
 
 def is_list(address: str) -> bool:
+    """Whether `address` is a list of host:port for us to resolve (grpc's own
+    ipv4:/ipv6: lists are targets already)."""
     address = address.strip()
     return "," in address and not address.startswith(GRPC_SCHEMES)
 

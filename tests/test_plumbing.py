@@ -218,6 +218,7 @@ def test_a_comma_separated_address_list_becomes_a_round_robin_target():
         ("127.0.0.1:1,[::1]:2", "a comma-separated list cannot mix IPv4 and IPv6"),
         ("nosuchhost.invalid:1,127.0.0.1:2", "cannot resolve 'nosuchhost.invalid'"),
         ("127.0.0.1:1,127.0.0.1", "'127.0.0.1' in a comma-separated list is not host:port"),
+        (",", "a comma-separated list names no address"),
     ],
 )
 def test_an_address_list_that_cannot_be_used_refuses_the_start(monkeypatch, address, why):
