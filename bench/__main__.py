@@ -3,13 +3,14 @@
 import argparse
 import sys
 
-from bench import auth_cost, compare, endtoend, grpc_load
+from bench import auth_cost, chain_floor, compare, endtoend, grpc_load
 
 COMMANDS = {
     "run": (endtoend, "the whole shop end to end under a load tool, one JSON line per scenario"),
     "compare": (compare, "two code trees side by side, runs alternated"),
     "grpc-load": (grpc_load, "closed-loop gRPC GetProduct load (the run's gRPC scenario)"),
     "auth-cost": (auth_cost, "what AUTH=jwt costs per request, in-process"),
+    "chain-floor": (chain_floor, "bare gRPC servers called like an order: the sync design against grpc.aio"),
 }
 
 

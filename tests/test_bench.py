@@ -1,16 +1,20 @@
 """The benchmark's own parts, without load: its command line, how it reads
 the load tools' output, how it counts CPU, and that a missing tool is
-named with how to get it instead of being installed."""
+named with how to get it instead of being installed; and the chain floor's
+servers, driven for a moment."""
 
 import argparse
+import contextlib
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 
-from bench import compare, endtoend, loadtools
+from bench import chain_floor, compare, endtoend, loadtools
 from bench.__main__ import main as bench_main
 from bench.runner import cpu_seconds, pinned_cpus
 from bench.scenarios import SCENARIOS
@@ -101,6 +105,7 @@ def test_cpu_of_a_process_gone_is_zero():
         (["run", "--runs", "0"], "must be at least 1"),
         (["compare", "only-one-tree"], "the following arguments are required"),
         (["grpc-load", "127.0.0.1:1"], "the following arguments are required"),
+        (["chain-floor", "--designs", "grpc"], "takes sync and/or aio"),
         (["nonsense"], "invalid choice"),
     ],
 )
@@ -129,3 +134,29 @@ def test_nothing_is_pinned_unless_asked(monkeypatch):
 def test_every_scenario_has_a_target_the_runner_knows():
     assert {s.target for s in SCENARIOS.values()} == {"gateway", "grpc"}
     assert all(s.path.startswith("/") for s in SCENARIOS.values() if s.target == "gateway")
+
+
+
+@pytest.mark.parametrize("design", chain_floor.DESIGNS)
+def test_the_chain_floor_calls_like_an_order_each_server_writing_its_steps(design, tmp_path):
+    result = chain_floor.run_once(design, duration_s=0.3, warmup_s=0.1, concurrency=4, folder=str(tmp_path))
+    assert result["chains"] > 0 and result["chains_per_s"] > 0
+
+    def rows(name: str) -> int:
+        with contextlib.closing(sqlite3.connect(tmp_path / f"{design}-{name}.db")) as connection:
+            return connection.execute("SELECT count(*) FROM steps").fetchone()[0]
+
+    # Warm-up chains included: one Reserve-like and one Charge-like call per
+    # chain, and the order server's two steps around them.
+    assert rows("inventory") == rows("payment") >= result["chains"]
+    assert rows("order") == 2 * rows("inventory")
+
+
+def test_the_chain_floor_prints_one_line_per_design(capsys, monkeypatch):
+    measured = {"chains": 1, "chains_per_s": 1.0, "p50_ms": 1.0, "p99_ms": 2.0}
+    cpu = {"inventory": 0.5, "payment": 0.5, "order": 1.0, "total": 2.0}
+    monkeypatch.setattr(chain_floor, "run_once", lambda design, *a: {**measured, "cpu_ms_per_chain": cpu})
+    assert bench_main(["chain-floor", "--designs", "aio", "--rounds", "2"]) == 0
+    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert line["design"] == "aio" and line["rounds"] == 2
+    assert line["cpu_ms_per_chain"] == cpu

@@ -1,0 +1,234 @@
+"""What the mesh's shape costs with nothing of the shop in it:
+`python -m bench chain-floor [--duration 8] [--rounds 3] [--concurrency 16]
+[--designs sync,aio]`.
+
+Three bare gRPC servers, each in a process of its own, called like an
+order: a caller sends to "order", whose handler commits a row, calls
+"inventory", then "payment", and commits again; inventory and payment each
+commit one row per call. Every server writes to its own SQLite file in WAL
+mode with synchronous=FULL, so each call pays for a durable write as a saga
+step does. Bytes in and out: no protobuf, no validation, no metrics, no logs.
+
+It runs in two designs, rounds alternated:
+- `sync`: grpcio's server on a thread pool of 16, blocking stubs (the shop's
+  design);
+- `aio`: grpc.aio servers and stubs, one event loop per process, SQLite run
+  on the loop (no thread to hand a call to: the single-threaded design).
+
+Prints one JSON line per design, the medians over rounds: chains/s, latency
+p50/p99 of the caller, and CPU milliseconds per chain of each server. The
+caller (grpc.aio, in this process) is not counted. What the shop spends on
+an order beyond these figures (and the gateway's HTTP) is its own work.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from bench.grpc_load import percentile
+from bench.runner import cpu_seconds
+from launcher.stack import free_port_base
+
+DESIGNS = ("sync", "aio")
+SERVERS = ("inventory", "payment", "order")
+METHOD = "/bench.Chain/Call"
+CALL_TIMEOUT_S = 5.0
+PAYLOAD = b"x" * 200
+
+
+def open_database(path: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("CREATE TABLE IF NOT EXISTS steps (id INTEGER PRIMARY KEY, key TEXT, body BLOB)")
+    connection.execute("CREATE INDEX IF NOT EXISTS steps_by_key ON steps (key)")
+    return connection
+
+
+class Journal:
+    """One durable row per call, one writer at a time."""
+
+    def __init__(self, path: str):
+        self.connection = open_database(path)
+        self.lock = threading.Lock()
+
+    def write(self, body: bytes) -> None:
+        with self.lock:
+            self.connection.execute("BEGIN IMMEDIATE")
+            self.connection.execute("INSERT INTO steps (key, body) VALUES (?, ?)", (os.urandom(8).hex(), body))
+            self.connection.execute("COMMIT")
+
+
+def _handler(behaviour) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        "bench.Chain", {"Call": grpc.unary_unary_rpc_method_handler(behaviour)}
+    )
+
+
+def serve_sync(name: str, port: int, upstreams: list[int], journal: Journal) -> None:
+    if name == "order":
+        calls = [grpc.insecure_channel(f"127.0.0.1:{p}").unary_unary(METHOD) for p in upstreams]
+
+        def behaviour(request, context):
+            journal.write(request)
+            reserved = calls[0](request, timeout=CALL_TIMEOUT_S)
+            charged = calls[1](reserved, timeout=CALL_TIMEOUT_S)
+            journal.write(charged)
+            return charged
+
+    else:
+
+        def behaviour(request, context):
+            journal.write(request)
+            return request
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server.add_generic_rpc_handlers((_handler(behaviour),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+async def serve_aio(name: str, port: int, upstreams: list[int], journal: Journal) -> None:
+    if name == "order":
+        calls = [grpc.aio.insecure_channel(f"127.0.0.1:{p}").unary_unary(METHOD) for p in upstreams]
+
+        async def behaviour(request, context):
+            journal.write(request)
+            reserved = await calls[0](request, timeout=CALL_TIMEOUT_S)
+            charged = await calls[1](reserved, timeout=CALL_TIMEOUT_S)
+            journal.write(charged)
+            return charged
+
+    else:
+
+        async def behaviour(request, context):
+            journal.write(request)
+            return request
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_handler(behaviour),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def serve(design: str, name: str, port: int, upstreams: list[int], database: str) -> None:
+    journal = Journal(database)
+    if design == "sync":
+        serve_sync(name, port, upstreams, journal)
+    else:
+        asyncio.run(serve_aio(name, port, upstreams, journal))
+
+
+async def drive(port: int, duration_s: float, concurrency: int) -> list[float]:
+    """Latencies of the chains `concurrency` callers completed back to back."""
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(METHOD)
+        stop_at = time.perf_counter() + duration_s
+
+        async def caller() -> None:
+            while time.perf_counter() < stop_at:
+                sent = time.perf_counter()
+                await call(PAYLOAD, timeout=CALL_TIMEOUT_S)
+                latencies.append(time.perf_counter() - sent)
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return latencies
+
+
+def run_once(design: str, duration_s: float, warmup_s: float, concurrency: int, folder: str) -> dict:
+    ports = {name: free_port_base() for name in SERVERS}
+    processes = {}
+    for name in SERVERS:
+        upstreams = [str(ports["inventory"]), str(ports["payment"])] if name == "order" else []
+        command = [sys.executable, "-m", "bench", "chain-floor", "--serve", design, name, str(ports[name])]
+        command += [os.path.join(folder, f"{design}-{name}.db"), *upstreams]
+        processes[name] = subprocess.Popen(command)
+    try:
+        _wait_until_serving(ports["order"])
+        asyncio.run(drive(ports["order"], warmup_s, concurrency))
+        before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
+        started = time.perf_counter()
+        latencies = asyncio.run(drive(ports["order"], duration_s, concurrency))
+        elapsed = time.perf_counter() - started
+        after = {name: cpu_seconds(p.pid) for name, p in processes.items()}
+    finally:
+        for p in processes.values():
+            p.terminate()
+        for p in processes.values():
+            p.wait()
+    latencies.sort()
+    chains = len(latencies)
+    cpu_ms = {name: 1000 * (after[name] - before[name]) / chains for name in SERVERS}
+    return {
+        "chains": chains,
+        "chains_per_s": chains / elapsed,
+        "p50_ms": 1000 * percentile(latencies, 0.50),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "cpu_ms_per_chain": {**cpu_ms, "total": sum(cpu_ms.values())},
+    }
+
+
+def _wait_until_serving(port: int, timeout_s: float = 30.0) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+
+
+def median_of(runs: list[dict]) -> dict:
+    def med(pick) -> float:
+        return round(statistics.median(pick(r) for r in runs), 3)
+
+    return {
+        "chains_per_s": med(lambda r: r["chains_per_s"]),
+        "p50_ms": med(lambda r: r["p50_ms"]),
+        "p99_ms": med(lambda r: r["p99_ms"]),
+        "cpu_ms_per_chain": {k: med(lambda r, k=k: r["cpu_ms_per_chain"][k]) for k in (*SERVERS, "total")},
+    }
+
+
+def designs(text: str) -> tuple[str, ...]:
+    chosen = tuple(d for d in text.split(",") if d)
+    if not chosen or set(chosen) - set(DESIGNS):
+        raise argparse.ArgumentTypeError(f"takes sync and/or aio, not {text!r}")
+    return chosen
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per run (default 8)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each run (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each design, alternated (default 3)")
+    parser.add_argument("--concurrency", type=int, default=16, help="chains in flight (default 16)")
+    parser.add_argument(
+        "--designs", type=designs, default=DESIGNS, help="sync, aio or both, comma-separated (default sync,aio)"
+    )
+    # One server of a run, started by the run itself.
+    parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.serve:
+        design, name, port, database, *upstreams = args.serve
+        serve(design, name, int(port), [int(p) for p in upstreams], database)
+        return 0
+    runs: dict[str, list[dict]] = {d: [] for d in args.designs}
+    with tempfile.TemporaryDirectory(prefix="chain-floor-") as folder:
+        for _ in range(args.rounds):
+            for design in args.designs:
+                runs[design].append(run_once(design, args.duration, args.warmup, args.concurrency, folder))
+    for design in args.designs:
+        line = {"design": design, "rounds": args.rounds, "concurrency": args.concurrency}
+        print(json.dumps({**line, **median_of(runs[design])}))
+    return 0
