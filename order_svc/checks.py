@@ -16,6 +16,8 @@ from plumbing.validation import Violations
 DEFAULT_PAYMENT_METHOD = "tok_visa"
 DEFAULT_PAGE_SIZE = 50  # at most 200: declared in the proto (ListOrdersRequest.page_size)
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# An order's seq is a signed 64-bit integer in every database we store it in.
+MAX_SEQ = 2**63 - 1
 
 
 def check_idempotency_key(violations: Violations, key: str | None) -> str:
@@ -53,13 +55,19 @@ def encode_page_token(cursor: Cursor | None) -> str:
 
 
 def decode_page_token(token: str) -> Cursor | None:
-    """The cursor in a token, or None if it is not one of ours."""
+    """The cursor in a token, or None if it is not one of ours. Tokens are
+    not signed: a forged one may say anything, so every value is checked to
+    be one a list could have issued (a seq past 64 bits, or a time that
+    leaves the calendar in UTC, would fail in the database instead)."""
     try:
         raw = json.loads(urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         created_at = dt.datetime.fromisoformat(raw["t"])
         seq, customer_id = raw["s"], raw["c"]
-    except (ValueError, TypeError, KeyError):
+        if created_at.tzinfo is None:
+            return None
+        created_at = created_at.astimezone(dt.UTC)
+    except (ValueError, TypeError, KeyError, OverflowError):
         return None
-    if created_at.tzinfo is None or type(seq) is not int or not isinstance(customer_id, str):
+    if type(seq) is not int or not 0 < seq <= MAX_SEQ or not isinstance(customer_id, str):
         return None
-    return Cursor(created_at.astimezone(dt.UTC), seq, customer_id)
+    return Cursor(created_at, seq, customer_id)

@@ -9,6 +9,7 @@ import pytest
 from plumbing.errors import from_rpc_error
 from shop.order.v1 import order_pb2 as pb
 from tests import harness
+from tests.test_order_rules import FORGED_TOKENS
 
 
 def place(orders, customer_id, payment_method=""):
@@ -118,7 +119,7 @@ def test_page_size_of_two_hundred_is_accepted(shop):
 
 
 @harness.sqlite_only
-@pytest.mark.parametrize("token", ["not-a-token", "eyJ0IjoxfQ", "!!!", "e30"])
+@pytest.mark.parametrize("token", ["not-a-token", "eyJ0IjoxfQ", "!!!", "e30", *FORGED_TOKENS])
 def test_bad_page_token_is_refused(shop, token):
     error = refused(shop.orders(), page_token=token)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT

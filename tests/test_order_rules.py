@@ -3,6 +3,8 @@ numbers (declared on CreateOrderRequest), idempotency keys, request fingerprints
 and the order service's configuration."""
 
 import datetime as dt
+import json
+from base64 import urlsafe_b64encode
 
 import grpc
 import pytest
@@ -70,9 +72,32 @@ def test_page_token_round_trips_its_cursor():
     assert "=" not in token
 
 
-@pytest.mark.parametrize("token", ["", "x", "!!!", "e30", "W10", "eyJ0IjoiMjAyNi0xMS0yMVQxMDowMDowMCIsInMiOjEsImMiOiIifQ"])
+def forged_token(created_at: str, seq) -> str:
+    raw = json.dumps({"t": created_at, "s": seq, "c": ""}).encode()
+    return urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+# Well formed, but no list issues them: a seq past 64 bits, or not positive;
+# a time that leaves the calendar once in UTC.
+FORGED_TOKENS = [
+    forged_token("2026-11-30T05:24:53+00:00", 2**63),
+    forged_token("2026-11-30T05:24:53+00:00", 0),
+    forged_token("2026-11-30T05:24:53+00:00", -1),
+    forged_token("0001-01-01T00:00:00+05:00", 1),
+    forged_token("9999-12-31T23:59:59-05:00", 1),
+]
+
+
+@pytest.mark.parametrize(
+    "token", ["", "x", "!!!", "e30", "W10", "eyJ0IjoiMjAyNi0xMS0yMVQxMDowMDowMCIsInMiOjEsImMiOiIifQ", *FORGED_TOKENS]
+)
 def test_anything_but_an_issued_token_is_refused(token):
     assert checks.decode_page_token(token) is None
+
+
+def test_the_largest_seq_a_database_holds_is_a_token_still():
+    token = forged_token("2026-11-30T05:24:53+00:00", checks.MAX_SEQ)
+    assert checks.decode_page_token(token).seq == 2**63 - 1
 
 
 @pytest.mark.parametrize("page_size, valid, size", [(0, True, 50), (1, True, 1), (200, True, 200), (201, False, None), (-1, False, None)])
