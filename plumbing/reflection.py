@@ -6,6 +6,11 @@ protocol renamed: the same messages, field for field, under package
 grpc.reflection.v1. So v1 is the v1alpha servicer under the v1 name, and its
 descriptors (the v1alpha file, renamed) join the pool, so that reflection can
 describe itself under either name.
+
+And upb's descriptor pool finds the file of a service, a message or a field by
+name, but not of a method (grpc/grpc#34743): `grpcurl describe
+shop.inventory.v1.InventoryService.GetProduct` answered "Symbol not found".
+The servicer reads its pool through `MethodAwarePool`, which finds them.
 """
 
 import grpc
@@ -40,11 +45,31 @@ def _add_v1_descriptors(pool: descriptor_pool.DescriptorPool) -> None:
     pool.Add(proto)
 
 
+class MethodAwarePool:
+    """A descriptor pool, as the reflection servicer reads it, that also finds
+    the file a method is declared in."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool):
+        self._pool = pool
+
+    def __getattr__(self, name: str):
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str):  # noqa: N802 (the pool's name)
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            # KeyError again when it is no method either: reflection's "not found".
+            return self._pool.FindMethodByName(symbol).containing_service.file
+
+
 def enable_reflection(service_names: list[str], server: grpc.Server) -> None:
     """Serve reflection v1 and v1alpha for `service_names` (and themselves)."""
     pool = descriptor_pool.Default()
     _add_v1_descriptors(pool)
-    servicer = reflection.ReflectionServicer([*service_names, V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME], pool=pool)
+    servicer = reflection.ReflectionServicer(
+        [*service_names, V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME], pool=MethodAwarePool(pool)
+    )
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     # The v1 messages are the v1alpha ones on the wire.
     v1 = grpc.stream_stream_rpc_method_handler(

@@ -120,6 +120,23 @@ def test_reflection_v1_describes_each_service(inventory, symbol, file_name):
     assert service_name in [s.name for s in described.service]
 
 
+@pytest.mark.parametrize(
+    "method, signature",
+    [
+        (f"{SERVICE}.GetProduct", "rpc GetProduct ( .shop.inventory.v1.GetProductRequest )"),
+        ("grpc.health.v1.Health.Check", "rpc Check ( .grpc.health.v1.HealthCheckRequest )"),
+    ],
+)
+def test_grpcurl_describes_a_method(inventory, method, signature):
+    assert signature in grpcurl(inventory.address, "describe", method)
+
+
+def test_reflection_answers_not_found_for_a_symbol_that_is_nothing(inventory):
+    symbol = f"{SERVICE}.NoSuchMethod"
+    response = reflect_v1(inventory.channel(), reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+    assert response.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
 def test_grpcurl_calls_get_product_with_no_proto_files(inventory):
     out = grpcurl("-d", '{"product_id":"P001"}', inventory.address, f"{SERVICE}/GetProduct")
     assert json.loads(out)["name"] == "Wireless Mouse"
