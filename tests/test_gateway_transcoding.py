@@ -246,11 +246,24 @@ def test_query_parameters_fill_unbound_fields(routes):
         ([("page_size", "99999999999")], "page_size"),
         ([("colour", "red")], "colour"),
         ([("page_size", "1"), ("page_size", "2")], "page_size"),
+        # One field under both its names, as a body refuses it: neither wins.
+        ([("page_size", "3"), ("pageSize", "1")], "pageSize"),
+        ([("customerId", "C2"), ("customer_id", "C1")], "customer_id"),
     ],
 )
 def test_bad_or_unknown_query_parameters_are_refused(routes, query, field):
     error = _refusal(routes[("GET", "/orders")], None, query=query)
     assert [f for f, _ in error.violations] == [field]
+
+
+def test_a_query_field_may_come_by_its_json_name(routes):
+    request = build_request(routes[("GET", "/orders")], {}, [("pageSize", "20"), ("customerId", "C1")], None)
+    assert (request.customer_id, request.page_size) == ("C1", 20)
+
+
+def test_a_field_under_both_names_is_named_in_the_refusal(routes):
+    error = _refusal(routes[("GET", "/orders")], None, query=[("page_size", "3"), ("pageSize", "1")])
+    assert error.violations == [("pageSize", "given twice (as page_size and pageSize)")]
 
 
 def test_query_parameter_cannot_rebind_a_path_field(routes):

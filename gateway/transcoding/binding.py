@@ -379,11 +379,18 @@ def _apply_query(request: Message, binding: Binding, query: list[tuple[str, str]
     for key, value in query:
         grouped.setdefault(key, []).append(value)
     violations = []
+    # Field paths set so far, and the key each came as: a field given under
+    # both its names (page_size and pageSize) is refused, as in a body.
+    spelled: dict[str, str] = {}
     for key, values in grouped.items():
         field_path = _query_field_path(request.DESCRIPTOR, key)
         if field_path is None or field_path in bound or any(field_path.startswith(b + ".") for b in bound):
             violations.append((key, "unknown query parameter"))
             continue
+        if field_path in spelled:
+            violations.append((key, f"given twice (as {spelled[field_path]} and {key})"))
+            continue
+        spelled[field_path] = key
         try:
             _set_query_field(request, field_path, values)
         except RequestError as error:
