@@ -111,15 +111,22 @@ def luhn_valid(digits: str) -> bool:
 
 
 def card_brand(digits: str) -> str:
-    """visa, mastercard, amex, discover or unknown, from the number's prefix."""
+    """The brand from the number's prefix, named as Stripe names it: visa,
+    mastercard, amex, discover, diners, jcb, unionpay, or unknown."""
     if digits.startswith("4"):
         return "visa"
     if digits[:2] in ("34", "37"):
         return "amex"
-    if "51" <= digits[:2] <= "55" or (len(digits) >= 4 and "2221" <= digits[:4] <= "2720"):
+    if "51" <= digits[:2] <= "55" or "2221" <= digits[:4] <= "2720":
         return "mastercard"
-    if digits.startswith(("6011", "65")):
+    if digits.startswith(("6011", "65")) or "644" <= digits[:3] <= "649":
         return "discover"
+    if "300" <= digits[:3] <= "305" or digits[:3] == "309" or digits[:2] in ("36", "38", "39"):
+        return "diners"
+    if "3528" <= digits[:4] <= "3589":
+        return "jcb"
+    if digits.startswith("62"):
+        return "unionpay"
     return "unknown"
 
 

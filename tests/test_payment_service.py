@@ -75,7 +75,9 @@ def test_create_payment_method_keeps_brand_last4_and_expiry(stub):
         ("2223003122003222", "123", "mastercard", "3222"),
         ("378282246310005", "1234", "amex", "0005"),
         ("6011111111111117", "123", "discover", "1117"),
-        ("3530111333300000", "123", "unknown", "0000"),
+        ("3530111333300000", "123", "jcb", "0000"),
+        ("6200000000000005", "123", "unionpay", "0005"),
+        ("5000000000000009", "123", "unknown", "0009"),
     ],
 )
 def test_create_payment_method_detects_the_brand(stub, number, cvc, brand, last4):
