@@ -67,12 +67,16 @@ class GatewayFlask(Flask):
 
     def make_default_options_response(self):
         # Flask's default is an empty text/html 200; an empty 204 says the same without HTML.
-        response = super().make_default_options_response()
-        allow = response.headers.get("Allow", "")
+        allowed = super().make_default_options_response().headers.get("Allow", "").split(",")
         response = self.response_class(status=204)
-        response.headers["Allow"] = allow
+        response.headers["Allow"] = allow_header(m.strip() for m in allowed)
         del response.headers["Content-Type"]
         return response
+
+
+def allow_header(methods) -> str:
+    """An Allow header's value, the same wherever it is answered (405, OPTIONS)."""
+    return ", ".join(sorted(m for m in methods if m))
 
 
 def create_app(config: GatewayConfig | None = None, started_at: float | None = None) -> Flask:
@@ -320,7 +324,7 @@ def _http_error(error: HTTPException):
             grpc.StatusCode.NOT_FOUND, f"no route {request.method} {request.path}", "NOT_FOUND"
         )
     elif isinstance(error, MethodNotAllowed):
-        allowed = ", ".join(sorted(error.valid_methods or ()))
+        allowed = allow_header(error.valid_methods or ())
         api_error = gateway_error(
             grpc.StatusCode.UNIMPLEMENTED,
             f"{request.method} is not allowed on {request.path}; allowed: {allowed}",

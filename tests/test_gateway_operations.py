@@ -419,4 +419,6 @@ def test_options_answers_204_with_allow_and_no_body(client):
     assert response.status_code == 204
     assert set(response.headers["Allow"].split(", ")) == {"GET", "POST", "HEAD", "OPTIONS"}
     assert response.get_data() == b""
+    # The same header, in the same order, as a 405 on that path gives.
+    assert response.headers["Allow"] == client.open("/orders", method="PUT").headers["Allow"]
     assert "html" not in response.headers.get("Content-Type", "")
