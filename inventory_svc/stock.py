@@ -5,7 +5,6 @@ valid product field is, is declared in the proto (UpsertProductRequest)."""
 from collections import Counter
 from dataclasses import dataclass
 
-from plumbing.field_rules import declared_rules
 from plumbing.messages import names_of
 from shop.inventory.v1 import inventory_pb2
 
@@ -33,10 +32,6 @@ class Reservation:
     status: str  # RESERVED or RELEASED
     lines: tuple[ReservedLine, ...]
 
-
-# The most stock a product holds: what an upsert may set (declared on
-# UpsertProductRequest.available), and what an adjustment may add up to.
-MAX_AVAILABLE = declared_rules(inventory_pb2.UpsertProductRequest.DESCRIPTOR.fields_by_name["available"]).max
 
 # The proto's reservation statuses, by name.
 ReservationStatus = names_of(inventory_pb2.ReservationStatus, "ReservationStatus")

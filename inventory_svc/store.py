@@ -12,7 +12,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from inventory_svc import metrics
 from inventory_svc.stock import (
-    MAX_AVAILABLE,
     RELEASED,
     RESERVED,
     SEED_CATALOG,
@@ -166,20 +165,11 @@ class InventoryStore:
         with db.write(self.engine) as conn:
             row = conn.execute(
                 products.update()
-                .where(
-                    products.c.product_id == product_id,
-                    products.c.available + delta >= 0,
-                    products.c.available + delta <= MAX_AVAILABLE,
-                )
+                .where(products.c.product_id == product_id, products.c.available + delta >= 0)
                 .values(available=products.c.available + delta, updated_at=utc_now())
                 .returning(*products.c)
             ).first()
             if row is None:
-                available = self._get(conn, product_id).available
-                if available + delta > MAX_AVAILABLE:
-                    raise invalid_argument(
-                        [("delta", f"would take {product_id} to {available + delta}, over {MAX_AVAILABLE}")]
-                    )
                 raise self._out_of_stock(conn, product_id, f"cannot adjust by {delta}")
             conn.execute(
                 stock_adjustments.insert().values(

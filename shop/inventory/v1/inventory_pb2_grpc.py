@@ -104,8 +104,7 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AdjustStock(self, request, context):
-        """Admin: change stock by a relative delta, atomically; never below 0, nor
-        above the 1000000000 an upsert may set.
+        """Admin: change stock by a relative delta, atomically; never below 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
