@@ -158,7 +158,8 @@ def run_once(design: str, duration_s: float, warmup_s: float, concurrency: int, 
         command += [os.path.join(folder, f"{design}-{name}.db"), *upstreams]
         processes[name] = subprocess.Popen(command)
     try:
-        _wait_until_serving(ports["order"])
+        for port in ports.values():
+            _wait_until_serving(port)
         asyncio.run(drive(ports["order"], warmup_s, concurrency))
         before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
         started = time.perf_counter()
@@ -170,6 +171,8 @@ def run_once(design: str, duration_s: float, warmup_s: float, concurrency: int, 
             p.terminate()
         for p in processes.values():
             p.wait()
+    if not latencies:
+        raise RuntimeError(f"chain-floor: no chain completed in {duration_s} s ({design})")
     latencies.sort()
     chains = len(latencies)
     cpu_ms = {name: 1000 * (after[name] - before[name]) / chains for name in SERVERS}
