@@ -24,6 +24,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import pathlib
 import sqlite3
 import weakref
@@ -38,7 +39,7 @@ from sqlalchemy.engine import Engine
 
 from plumbing.deadlines import MARGIN_S, deadline_from_remaining, deadline_var, remaining_s
 from plumbing.errors import DatabaseUnavailable, database_unavailable
-from plumbing.sqlite_writer import CommitFailed, SqliteWriter, WriterBusy
+from plumbing.sqlite_writer import CommitFailed, SqliteWriter, WriterBusy, is_file_error
 from plumbing.statements import Plans, Tx
 
 log = logging.getLogger("plumbing.db")
@@ -107,6 +108,8 @@ def unavailable(error: BaseException) -> DatabaseUnavailable | None:
             return _database_away()
     if isinstance(orig, sqlite3.OperationalError) and (getattr(orig, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_LOCK_CODES:
         return _database_locked()
+    if is_file_error(orig):
+        return _database_inaccessible()
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
         return _database_away()
     return None
@@ -123,6 +126,10 @@ def describe(error: BaseException) -> str:
 
 def _database_away() -> DatabaseUnavailable:
     return database_unavailable("the service's database is unreachable or restarting; retry shortly")
+
+
+def _database_inaccessible() -> DatabaseUnavailable:
+    return database_unavailable("the service's database cannot be opened or written; retry shortly")
 
 
 def _database_locked() -> DatabaseUnavailable:
@@ -383,6 +390,19 @@ def ping(engine: Engine, timeout_s: float) -> None:
             tx.execute(_SELECT_1)
     finally:
         deadline_var.reset(token)
+    database = _database(engine)
+    if database.sqlite and not _writable(engine.url.database):
+        database.writer.reopen()
+        raise _database_inaccessible()
+
+
+def _writable(path: str) -> bool:
+    """A SQLite file answers reads when it may not be written (SQLite opens
+    it read-only), so the probe asks the file system too: the database and
+    its WAL and shared-memory files, those that exist."""
+    return all(
+        os.access(name, os.W_OK) for name in (path, f"{path}-wal", f"{path}-shm") if os.path.exists(name)
+    )
 
 
 _SELECT_1 = sa.text("SELECT 1")

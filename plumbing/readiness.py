@@ -63,6 +63,9 @@ class DatabaseReadiness:
         while not stopping.is_set():
             attempt += 1
             try:
+                # The probe first: a SQLite file that answers but may not be
+                # written is not ready either (prepare may have nothing to write).
+                db.ping(self.engine, PROBE_TIMEOUT_S)
                 self.prepare()
             except DatabaseUnavailable as error:
                 delay = next(delays)

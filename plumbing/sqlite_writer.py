@@ -18,6 +18,7 @@ turn of a group - the one no other thread is queued behind - commits.
 
 import contextlib
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 
@@ -29,6 +30,20 @@ MAX_GROUP = 16
 # no turn will commit (its last queued thread gave up waiting for the
 # lock), and commits it itself.
 GROUP_CHECK_S = 0.05
+
+
+# Failures of the file rather than of a statement: it cannot be opened or
+# written (its permissions, a read-only or full disk, an I/O error).
+FILE_ERROR_CODES = frozenset(
+    {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL}
+)
+
+
+def is_file_error(error: BaseException | None) -> bool:
+    """Whether `error` (a driver's, or one wrapping it) is a failure of the
+    database file: transient, as an outage is."""
+    orig = getattr(error, "orig", error)
+    return isinstance(orig, sqlite3.Error) and (getattr(orig, "sqlite_errorcode", 0) & 0xFF) in FILE_ERROR_CODES
 
 
 class WriterBusy(Exception):
@@ -63,12 +78,26 @@ class SqliteWriter:
         self._queued = 0
         self._queued_lock = threading.Lock()
         self._holder: int | None = None
+        # Set when a write met a failure of the file. SQLite opens a file it
+        # may not write read-only and keeps it so, and the pool may hold
+        # more connections opened then: before the next group the pool is
+        # replaced (engine_disposed closes this connection), so writes work
+        # again once the file can be written.
+        self._reopen = False
 
     def _driver(self):
+        if self._reopen and self._group is None:
+            self._reopen = False
+            self.engine.dispose(close=False)
         if self._connection is None or self._pid != os.getpid():
             self._connection, self._pid = self.engine.raw_connection(), os.getpid()
             self._group = None
         return self._connection.driver_connection
+
+    def reopen(self) -> None:
+        """Open the connections anew before the next group: the file could
+        not be written, and connections opened meanwhile are read-only."""
+        self._reopen = True
 
     def close(self) -> None:
         with self.lock:
@@ -114,6 +143,7 @@ class SqliteWriter:
                 connection.execute("RELEASE turn")
             except BaseException as error:
                 failure = error
+                self._reopen = self._reopen or is_file_error(error)
                 self._roll_back_turn(connection, group, error)
             group.turns += 1
             if self._group is group and (not self._queued or group.turns >= MAX_GROUP):
@@ -149,6 +179,7 @@ class SqliteWriter:
         group.done.set()
 
     def _fail_group(self, connection, group: _Group, error: BaseException) -> None:
+        self._reopen = self._reopen or is_file_error(error)
         if self._group is group:
             self._group = None
         with contextlib.suppress(Exception):

@@ -287,6 +287,59 @@ def test_transient_database_errors_are_retryable_statuses_and_bugs_are_not(error
             assert str(error) not in translated.message
 
 
+
+def _sqlite_error(code: int, text: str) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(text)
+    error.sqlite_errorcode, error.sqlite_errorname = code, "?"
+    return error
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (_sqlite_error(sqlite3.SQLITE_CANTOPEN, "unable to open database file"), "UNAVAILABLE"),
+        (_sqlite_error(sqlite3.SQLITE_READONLY, "attempt to write a readonly database"), "UNAVAILABLE"),
+        (_sqlite_error(sqlite3.SQLITE_IOERR | (3 << 8), "disk I/O error"), "UNAVAILABLE"),  # an extended code
+        (_sqlite_error(sqlite3.SQLITE_FULL, "database or disk is full"), "UNAVAILABLE"),
+        (_sqlite_error(sqlite3.SQLITE_BUSY, "database is locked"), "UNAVAILABLE"),
+        (_sqlite_error(sqlite3.SQLITE_ERROR, "no such table: orders"), None),
+    ],
+)
+def test_a_sqlite_file_that_cannot_be_opened_or_written_is_unavailable_not_a_bug(error, code):
+    wrapped = sa.exc.OperationalError("INSERT ...", None, error)
+    for raised in (error, wrapped):
+        translated = db.unavailable(raised)
+        assert (translated.code.name if translated else None) == code
+
+
+def test_a_write_connection_that_met_a_read_only_file_is_opened_anew(engine):
+    # SQLite opens a file it may not write read-only and keeps it so; a
+    # query_only connection fails writes the same way (SQLITE_READONLY).
+    with db.write(engine) as conn:
+        conn.execute(counters.insert().values(name="n", value=1))
+    with pytest.raises(DatabaseUnavailable) as raised, db.write(engine) as conn:
+        conn.driver_connection.execute("PRAGMA query_only=ON")
+        conn.execute(counters.update().values(value=2))
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    # The file is writable (it always was here): the next write reopens and succeeds, no restart.
+    with db.write(engine) as conn:
+        conn.execute(counters.update().values(value=3))
+    assert _value(engine) == 3
+
+
+def test_the_probe_says_unavailable_while_the_sqlite_file_may_not_be_written(engine, monkeypatch):
+    db.ping(engine, 5)
+    path = engine.url.database
+    real_access = db.os.access
+    monkeypatch.setattr(db.os, "access", lambda name, mode: name != path and real_access(name, mode))
+    with pytest.raises(DatabaseUnavailable) as raised:
+        db.ping(engine, 5)
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "cannot be opened or written" in raised.value.message
+    monkeypatch.setattr(db.os, "access", real_access)
+    db.ping(engine, 5)
+
+
 # PostgreSQL, on a cluster of the test's own
 
 

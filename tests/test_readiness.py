@@ -40,7 +40,14 @@ def test_retries_back_off_to_at_most_two_seconds_so_a_returning_database_is_seen
     assert [next(delays) for _ in range(8)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0]
 
 
-def test_preparation_is_retried_while_the_database_is_away_logging_ever_fewer_attempts(quick, caplog):
+@pytest.fixture
+def engine(sqlite_url):
+    engine = db.open_engine(sqlite_url("inventory"))
+    yield engine
+    engine.dispose()
+
+
+def test_preparation_is_retried_while_the_database_is_away_logging_ever_fewer_attempts(quick, caplog, engine):
     caplog.set_level(logging.INFO, logger="plumbing.readiness")
     failures = [away() for _ in range(9)]
 
@@ -48,7 +55,7 @@ def test_preparation_is_retried_while_the_database_is_away_logging_ever_fewer_at
         if failures:
             raise failures.pop()
 
-    database = DatabaseReadiness(engine=None, prepare=prepare)
+    database = DatabaseReadiness(engine, prepare)
     assert database.wait_until_prepared(threading.Event())
     assert database.prepared.is_set()
     retries = [r for r in caplog.records if r.getMessage() == "database not ready; retrying"]
@@ -58,24 +65,43 @@ def test_preparation_is_retried_while_the_database_is_away_logging_ever_fewer_at
     assert [r.attempts for r in caplog.records if r.getMessage() == "database ready"] == [10]
 
 
-def test_a_migration_that_fails_for_another_reason_is_raised_not_retried(quick):
+def test_a_sqlite_file_that_may_not_be_written_is_waited_for_at_start(quick, engine, monkeypatch):
+    # SQLite would open it read-only and answer reads; the service must not
+    # call itself ready until it can write.
+    real_access = db.os.access
+    writable = threading.Event()
+    monkeypatch.setattr(db.os, "access", lambda name, mode: writable.is_set() and real_access(name, mode))
+    prepared = []
+    database = DatabaseReadiness(engine, lambda: prepared.append(True))
+    waiting = threading.Thread(target=database.wait_until_prepared, args=(threading.Event(),))
+    waiting.start()
+    try:
+        assert not database.prepared.wait(0.3)
+        assert prepared == []
+    finally:
+        writable.set()
+        waiting.join(timeout=5)
+    assert database.prepared.is_set() and prepared == [True]
+
+
+def test_a_migration_that_fails_for_another_reason_is_raised_not_retried(quick, engine):
     def prepare():
         raise RuntimeError("a bug in a migration")
 
-    database = DatabaseReadiness(engine=None, prepare=prepare)
+    database = DatabaseReadiness(engine, prepare)
     with pytest.raises(RuntimeError):
         database.wait_until_prepared(threading.Event())
     assert not database.prepared.is_set()
 
 
-def test_shutdown_ends_the_wait_for_the_database(quick):
+def test_shutdown_ends_the_wait_for_the_database(quick, engine):
     stopping = threading.Event()
 
     def prepare():
         stopping.set()  # SIGTERM arrives while the database is away
         raise away()
 
-    assert not DatabaseReadiness(engine=None, prepare=prepare).wait_until_prepared(stopping)
+    assert not DatabaseReadiness(engine, prepare).wait_until_prepared(stopping)
 
 
 def _health(channel, service: str):
