@@ -59,6 +59,10 @@ _TRANSIENT_SQLSTATE_CLASSES = ("08", "57")
 _TRANSIENT_SQLSTATES = {"53300", "25006"}
 # A statement cut off by the statement_timeout the caller's deadline set.
 _QUERY_CANCELED = "57014"
+# A lock waited for past the lock_timeout set just inside it: locked, not slow.
+_LOCK_NOT_AVAILABLE = "55P03"
+# How much sooner than the statement a wait for a lock gives up.
+LOCK_TIMEOUT_MARGIN_MS = 100
 _SQLITE_LOCK_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
 
@@ -98,6 +102,8 @@ def unavailable(error: BaseException) -> DatabaseUnavailable | None:
             return database_unavailable(
                 "the service's database did not answer within the call's deadline", grpc.StatusCode.DEADLINE_EXCEEDED
             )
+        if sqlstate == _LOCK_NOT_AVAILABLE:
+            return _database_locked()
         # Without a SQLSTATE: the client's side of a failed connection
         # (refused, reset, closed, timed out, "starting up", "shutting down").
         if (
@@ -194,8 +200,14 @@ def _begin_postgres(dbapi_connection) -> None:
     if timeout_s == math.inf:
         dbapi_connection.execute("BEGIN")
     else:
-        # At least 1 ms: 0 would mean no timeout at all.
-        dbapi_connection.execute(f"BEGIN; SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
+        # At least 1 ms: 0 would mean no timeout at all. A wait for a lock
+        # gives up a little sooner, so a database locked past what the call
+        # can wait answers UNAVAILABLE (locked), not DEADLINE_EXCEEDED (slow).
+        statement_ms = max(1, int(timeout_s * 1000))
+        lock_ms = max(1, statement_ms - LOCK_TIMEOUT_MARGIN_MS)
+        dbapi_connection.execute(
+            f"BEGIN; SET LOCAL statement_timeout = {statement_ms}; SET LOCAL lock_timeout = {lock_ms}"
+        )
 
 
 sa.dialects.registry.register("postgresql.shop_psycopg", __name__, "_PostgresDialect")

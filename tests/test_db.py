@@ -406,6 +406,18 @@ def test_the_statement_timeout_is_the_time_the_callers_deadline_leaves(pg_engine
     assert _statement_timeout_ms(pg_engine) == 0  # SET LOCAL: it ended with its transaction
 
 
+def test_a_table_locked_past_what_the_call_can_wait_is_unavailable_not_slow(pg_engine):
+    # API.md: a database "locked past its timeout" answers 503 UNAVAILABLE.
+    with pg_engine.connect() as holder:
+        holder.exec_driver_sql("LOCK TABLE counters IN ACCESS EXCLUSIVE MODE")
+        with serving_a_call_with(1.0), pytest.raises(DatabaseUnavailable) as raised:
+            _value(pg_engine)
+        holder.rollback()
+    assert (raised.value.code, raised.value.reason) == (grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
+    assert "locked" in raised.value.message
+    assert _value(pg_engine) == 0
+
+
 def test_a_statement_outliving_the_callers_deadline_is_cut_off_as_deadline_exceeded(pg_engine):
     with serving_a_call_with(0.5), pytest.raises(DatabaseUnavailable) as raised:
         with db.read(pg_engine) as conn:
