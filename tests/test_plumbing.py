@@ -1,10 +1,12 @@
 """The shared plumbing: health, reflection (v1 by a raw stub, v1alpha with a real grpcurl), request ids
 in the logs, deadlines on every outgoing call, and the SIGTERM drain."""
 
+import ctypes
 import json
 import logging
 import os
 import pathlib
+import platform
 import re
 import shutil
 import signal
@@ -395,6 +397,32 @@ def test_sigterm_turns_health_not_serving_then_drains_and_exits(tmp_path):
         assert proc.wait(timeout=30) == 0
         log = [json.loads(line) for line in proc.stderr.read().decode().splitlines() if line.startswith("{")]
         assert [entry["message"] for entry in log][-2:] == ["shutdown requested", "stopped"]
+    finally:
+        channel.close()
+        if proc.poll() is None:
+            proc.kill()
+
+
+# tgkill(2): a signal to one thread of another process (Python has no call for it).
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+
+
+@pytest.mark.skipif(_SYS_TGKILL is None or sys.platform != "linux", reason="tgkill's number is known for Linux x86_64/aarch64")
+def test_a_sigterm_the_kernel_hands_to_another_thread_still_stops_the_service(tmp_path):
+    # The kernel may deliver a process's SIGTERM to any thread (it did after
+    # a SIGSTOP): the main thread must still come round to its handler.
+    port, metrics_port = free_port_base(), free_port_base()
+    env = dict(os.environ, INVENTORY_PORT=str(port), METRICS_PORT=str(metrics_port), DATA_DIR=str(tmp_path))
+    env.update(DRAIN_DELAY_S="0", SHUTDOWN_GRACE_S="1")
+    proc = subprocess.Popen([sys.executable, "-m", "inventory_svc"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        wait_until_serving(channel)
+        other = next(int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid)
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(_SYS_TGKILL, proc.pid, other, signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+        assert proc.wait(timeout=20) == 0
     finally:
         channel.close()
         if proc.poll() is None:
