@@ -226,10 +226,11 @@ class Supervisor:
         process.restart_at = now + delay
         self.say(f"{spec.name} {describe_exit(returncode)} after {lived_s:.1f} s; restarting it in {delay:g} s")
         if process.quick_exits >= CRASH_LOOP_EXITS:
+            tail = list(process.tail)
             self.say(
                 f"{spec.name} is crash-looping ({process.quick_exits} exits in a row, each within "
-                f"{STAYED_UP_S:g} s of its start); its last lines:\n"
-                + "\n".join(f"    {line}" for line in process.tail)
+                f"{STAYED_UP_S:g} s of its start)"
+                + ("; its last lines:\n" + "\n".join(f"    {line}" for line in tail) if tail else "; it printed nothing")
             )
 
     def all_answered(self) -> bool:

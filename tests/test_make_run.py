@@ -352,6 +352,19 @@ def test_an_exit_is_described_by_its_code_or_its_signal():
 
 
 
+@pytest.mark.parametrize("tail, said", [([], "; it printed nothing"), (["boom"], "; its last lines:\n    boom")])
+def test_a_crash_loop_report_says_what_the_process_printed_or_that_it_printed_nothing(tail, said):
+    out = io.StringIO()
+    runner = supervisor.Supervisor([], out=out, logs=io.StringIO())
+    spec = plan({})[0]
+    process = supervisor.Supervised(spec, ever_answered=True, quick_exits=supervisor.CRASH_LOOP_EXITS - 1)
+    process.tail.extend(tail)
+    runner._on_exit(process, -signal.SIGKILL, now=process.started_at + 0.1)
+    report = out.getvalue().split("[make run] ")[-1]
+    assert report.startswith(f"{spec.name} is crash-looping")
+    assert report.rstrip("\n").endswith(said)
+
+
 def test_output_is_passed_on_in_whole_lines_and_its_tail_kept():
     # Lines arrive split across writes, several to a write, the last without
     # its newline, and one with a character split across writes: each is passed on
