@@ -12,6 +12,8 @@ import secrets
 import sys
 from dataclasses import dataclass
 
+import psycopg
+
 from gateway.upstreams import SERVICES as BACKENDS
 from launcher import databases
 from plumbing.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ConfigError, TlsConfig
@@ -169,8 +171,17 @@ def replicated_environ(environ: dict[str, str], reset: bool = False) -> dict[str
     gateway's rate limit. POSTGRES_URL names the server (its admin database)."""
     environ = dict(environ)
     admin_url = environ.get("POSTGRES_URL", databases.DEFAULT_ADMIN_URL)
-    databases.create_databases(admin_url, [f"shop_{s}" for s in SERVICES], reset)
-    for service in SERVICES:
-        environ.setdefault(f"{service.upper()}_DATABASE_URL", databases.database_url(admin_url, f"shop_{service}"))
+    # Only the databases no *_DATABASE_URL names already: those are the user's.
+    ours = [s for s in SERVICES if not environ.get(f"{s.upper()}_DATABASE_URL", "").strip()]
+    if ours:
+        try:
+            databases.create_databases(admin_url, [f"shop_{s}" for s in ours], reset)
+        except psycopg.OperationalError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(
+                f"POSTGRES_URL: cannot create the shop_* databases there: {first_line}"
+            ) from None
+    for service in ours:
+        environ[f"{service.upper()}_DATABASE_URL"] = databases.database_url(admin_url, f"shop_{service}")
     environ.setdefault("RATE_LIMIT_STORAGE", "redis://127.0.0.1:6379")
     return environ

@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from launcher import databases, supervisor
-from launcher.plan import local_environ, plan
+from launcher.plan import local_environ, plan, replicated_environ
 from launcher.stack import free_port_base, http
 from plumbing.config import ConfigError
 from tests.conftest import POSTGRES_ADMIN_URL
@@ -363,6 +363,25 @@ def test_a_crash_loop_report_says_what_the_process_printed_or_that_it_printed_no
     report = out.getvalue().split("[make run] ")[-1]
     assert report.startswith(f"{spec.name} is crash-looping")
     assert report.rstrip("\n").endswith(said)
+
+
+def test_run_replicated_creates_only_the_databases_no_setting_names(monkeypatch):
+    created = []
+    monkeypatch.setattr(databases, "create_databases", lambda url, names, reset=False: created.extend(names))
+    given = {f"{s}_DATABASE_URL": f"postgresql://db/{s.lower()}" for s in ("INVENTORY", "PAYMENT", "ORDER")}
+    environ = replicated_environ({**given, "POSTGRES_URL": "postgresql://postgres@127.0.0.1:1/postgres"})
+    assert created == []
+    assert {k: environ[k] for k in given} == given
+    environ = replicated_environ({"INVENTORY_DATABASE_URL": "postgresql://db/mine"})
+    assert created == ["shop_payment", "shop_order"]
+    assert environ["INVENTORY_DATABASE_URL"] == "postgresql://db/mine"
+    assert environ["ORDER_DATABASE_URL"].endswith("/shop_order")
+
+
+def test_run_replicated_with_no_postgres_there_refuses_to_start_saying_so():
+    with pytest.raises(ConfigError) as refused:
+        replicated_environ({"POSTGRES_URL": "postgresql://postgres@127.0.0.1:1/postgres"})
+    assert str(refused.value).startswith("POSTGRES_URL: cannot create the shop_* databases there: ")
 
 
 def test_output_is_passed_on_in_whole_lines_and_its_tail_kept():
