@@ -52,17 +52,38 @@ class ShopError(Exception):
         return rpc_status.to_status(proto)
 
 
+@dataclass
 class DatabaseUnavailable(ShopError):
     """The service's own database did not answer for now (unreachable,
     restarting, crashed, locked past its timeout): UNAVAILABLE, a condition
     to retry, never INTERNAL. plumbing.db raises it; the order saga names
-    the order it hit."""
+    the order it hit.
+
+    `shared`: the condition is the database's, which every replica shares,
+    so the answer tells the client's transparent retry (meant for a replica
+    gone) not to spend the rest of its deadline trying again: gRFC A6's
+    grpc-retry-pushback-ms, negative. A replica still waiting for its
+    database at start is not shared: another may be ready."""
+
+    shared: bool = True
+
+    def to_status(self) -> grpc.Status:
+        status = super().to_status()
+        if not self.shared:
+            return status
+        return status._replace(trailing_metadata=(*status.trailing_metadata, (RETRY_PUSHBACK_KEY, "-1")))
 
 
-def database_unavailable(message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> DatabaseUnavailable:
+# gRFC A6: a server's answer to the client's retry policy; negative: do not retry.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def database_unavailable(
+    message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, shared: bool = True
+) -> DatabaseUnavailable:
     """`message` tells the caller what to expect; the driver's own text (it
     names hosts and ports) is for the log alone."""
-    return DatabaseUnavailable(code, message, code.name, {"cause": "database"})
+    return DatabaseUnavailable(code, message, code.name, {"cause": "database"}, shared=shared)
 
 
 def _pack(message) -> any_pb2.Any:

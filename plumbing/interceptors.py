@@ -27,7 +27,10 @@ log = logging.getLogger("plumbing.rpc")
 
 
 def _not_ready() -> ShopError:
-    return database_unavailable("the service is starting: it is waiting for its database; retry shortly")
+    # Not shared: another replica may be ready, so the client may retry there.
+    return database_unavailable(
+        "the service is starting: it is waiting for its database; retry shortly", shared=False
+    )
 
 
 # Health checks come every few seconds from every probe: counted in metrics,

@@ -1,11 +1,14 @@
 """InventoryService against an in-process server, on SQLite and PostgreSQL."""
 
+import sqlite3
 import threading
 
 import grpc
 import pytest
 
-from plumbing.errors import from_rpc_error
+from inventory_svc.server import SERVICE_NAME
+from plumbing.channels import open_channel
+from plumbing.errors import RETRY_PUSHBACK_KEY, from_rpc_error
 from shop.inventory.v1 import inventory_pb2 as pb
 from shop.inventory.v1 import inventory_pb2_grpc
 from tests import harness
@@ -245,3 +248,27 @@ def test_seed_runs_only_into_an_empty_database(database_url):
         assert available(stub, "P001") == 0
     finally:
         second.stop()
+
+
+def test_a_reserve_that_finds_the_database_locked_answers_unavailable_once_not_retried_into_a_timeout(sqlite_url):
+    # The saga's channel retries UNAVAILABLE (a replica gone); a locked
+    # database is shared by every replica, so the service tells the client
+    # not to (gRFC A6 pushback): the caller learns UNAVAILABLE, within its
+    # deadline, instead of DEADLINE_EXCEEDED after a useless second attempt.
+    url = sqlite_url("inventory")
+    running = harness.run_inventory(url)
+    channel = open_channel(running.address, SERVICE_NAME, 5.0, ("Reserve",))
+    locker = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Reserve(pb.ReserveRequest(order_id="o-locked", items=items(("P001", 1))), timeout=1.0)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "locked" in raised.value.details()
+        assert dict(raised.value.trailing_metadata())[RETRY_PUSHBACK_KEY] == "-1"
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        channel.close()
+        running.stop()

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inventory_svc.server import SERVICE_NAME, InventoryServicer
 from inventory_svc.store import InventoryStore
 from plumbing import db, readiness
-from plumbing.errors import DatabaseUnavailable
+from plumbing.errors import RETRY_PUSHBACK_KEY, DatabaseUnavailable
 from plumbing.health import REASON_KEY
 from plumbing.readiness import WAITING_FOR_DATABASE, DatabaseReadiness
 from plumbing.server import Service, ShopServer
@@ -126,6 +126,8 @@ def test_a_service_waiting_for_its_database_is_alive_not_ready_and_answers_unava
             stub.GetProduct(inventory_pb2.GetProductRequest(product_id="P001"), timeout=5)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "waiting for its database" in raised.value.details()
+        # Another replica may be ready: the client's retry may go there (no pushback).
+        assert RETRY_PUSHBACK_KEY not in dict(raised.value.trailing_metadata())
 
         store.migrate()
         ready.set()
