@@ -36,6 +36,7 @@ from concurrent import futures
 
 import grpc
 
+from bench.endtoend import at_least_one
 from bench.grpc_load import percentile
 from bench.runner import cpu_seconds
 from launcher.stack import free_port_base
@@ -212,8 +213,8 @@ def designs(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per run (default 8)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each run (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each design, alternated (default 3)")
-    parser.add_argument("--concurrency", type=int, default=16, help="chains in flight (default 16)")
+    parser.add_argument("--rounds", type=at_least_one, default=3, help="runs of each design, alternated (default 3)")
+    parser.add_argument("--concurrency", type=at_least_one, default=16, help="chains in flight (default 16)")
     parser.add_argument(
         "--designs", type=designs, default=DESIGNS, help="sync, aio or both, comma-separated (default sync,aio)"
     )

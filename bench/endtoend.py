@@ -33,7 +33,7 @@ from launcher.stack import ROOT, Stack, plan_stack
 BASELINE_COMPARE = os.path.join(os.path.dirname(ROOT), "shared", "baseline", "compare.sh")
 
 
-def _at_least_one(text: str) -> int:
+def at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
@@ -51,9 +51,9 @@ def _rounds_and_seconds(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=_at_least_one, default=10, help="seconds per run (default 10)")
-    parser.add_argument("--concurrency", type=_at_least_one, default=16, help="concurrent connections (default 16)")
-    parser.add_argument("--runs", type=_at_least_one, default=3, help="runs per scenario; figures are medians (default 3)")
+    parser.add_argument("--duration", type=at_least_one, default=10, help="seconds per run (default 10)")
+    parser.add_argument("--concurrency", type=at_least_one, default=16, help="concurrent connections (default 16)")
+    parser.add_argument("--runs", type=at_least_one, default=3, help="runs per scenario; figures are medians (default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per scenario first")
     parser.add_argument("--postgres", action="store_true", help="the services on PostgreSQL (POSTGRES_URL)")
     parser.add_argument("--tls", action="store_true", help="mutual TLS between the processes (as make run TLS=1)")

@@ -17,7 +17,7 @@ import psycopg
 from gateway.upstreams import SERVICES as BACKENDS
 from launcher import databases
 from plumbing.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ConfigError, TlsConfig
-from plumbing.targets import bare_host
+from plumbing.targets import bare_host, join_host_port
 
 SERVICES = ("inventory", "payment", "order")
 # Each process's own certificate; TLS_CA_FILE is shared.
@@ -56,9 +56,7 @@ class ProcessSpec:
         """Where this machine reaches its gRPC port: the address GRPC_BIND_HOST
         names, or loopback when it binds every interface."""
         host = bare_host(self.env.get("GRPC_BIND_HOST", ""))
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return join_host_port("127.0.0.1" if host in ("", "0.0.0.0", "::") else host, self.port)
 
     @property
     def tls(self) -> TlsConfig | None:

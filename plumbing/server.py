@@ -32,6 +32,7 @@ from plumbing.metrics import ObservedHealthServicer, start_metrics_server
 from plumbing.readiness import WAITING_FOR_DATABASE, DatabaseReadiness
 from plumbing.reflection import enable_reflection
 from plumbing.scheduling import schedule_as_batch
+from plumbing.targets import join_host_port
 
 log = logging.getLogger("plumbing.server")
 
@@ -39,11 +40,6 @@ log = logging.getLogger("plumbing.server")
 # most (the gateway refuses bodies over 64 KiB), so anything near this is
 # not a request worth reading.
 MAX_REQUEST_BYTES = 1024 * 1024
-
-
-def address(host: str, port: int) -> str:
-    """host:port for grpc, an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 @dataclass
@@ -163,14 +159,14 @@ def _listen(
     """Bind the port (mutual TLS with credentials); the port bound."""
     try:
         if credentials is None:
-            bound = server.add_insecure_port(address(host, port))
+            bound = server.add_insecure_port(join_host_port(host, port))
         else:
-            bound = server.add_secure_port(address(host, port), credentials)
+            bound = server.add_secure_port(join_host_port(host, port), credentials)
     except RuntimeError:  # grpcio's "Failed to bind"
         bound = 0
     if bound == 0:
         raise ConfigError(
-            f"cannot listen on {what} {address(host, port)}: it is in use (another shop may be running?)"
+            f"cannot listen on {what} {join_host_port(host, port)}: it is in use (another shop may be running?)"
         )
     return bound
 
@@ -369,10 +365,10 @@ def stop_on_signals(stopping: threading.Event, orphaned: Callable[[], bool] | No
     """SIGTERM, SIGINT and SIGHUP (a terminal gone) set `stopping` (and so
     does `orphaned()` turning true). Not from the signal handler itself: a
     handler runs in the main thread between two bytecodes, possibly inside
-    stopping.wait() holding
-    the event's lock, and setting the event there deadlocks that thread (a
-    second SIGTERM did, in a process group stopped twice over). The handler
-    only notes the signal; a watcher thread sets the event."""
+    stopping.wait() holding the event's lock, and setting the event there
+    deadlocks that thread (a second SIGTERM did, in a process group stopped
+    twice over). The handler only notes the signal; a watcher thread sets
+    the event."""
     received: list[int] = []
 
     def on_signal(signum, _frame):

@@ -1,6 +1,8 @@
-"""What INVENTORY_ADDR and friends may say, as a gRPC target: 'host:port', a
-gRPC target ('dns:///inventory:50051', 'ipv4:10.0.0.1:50051,10.0.0.2:50051'),
-or a comma-separated list of host:port, spread round-robin."""
+"""Addresses. What INVENTORY_ADDR and friends may say, as a gRPC target:
+'host:port', a gRPC target ('dns:///inventory:50051',
+'ipv4:10.0.0.1:50051,10.0.0.2:50051'), or a comma-separated list of
+host:port, spread round-robin; and a host and port written as grpc and
+sockets take them (an IPv6 address bare, or in brackets before a port)."""
 
 import socket
 
@@ -11,6 +13,12 @@ GRPC_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "
 def bare_host(host: str) -> str:
     """A host name or address as sockets take it: an IPv6 one without brackets."""
     return host.strip().removeprefix("[").removesuffix("]")
+
+
+def join_host_port(host: str, port: int) -> str:
+    """host:port for grpc, an IPv6 address in brackets."""
+    host = bare_host(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _parts(address: str) -> list[tuple[str, int]]:
@@ -26,7 +34,7 @@ def _parts(address: str) -> list[tuple[str, int]]:
     return parts
 
 
-def is_list(address: str) -> bool:
+def _is_list(address: str) -> bool:
     """Whether `address` is a list of host:port for us to resolve (grpc's own
     ipv4:/ipv6: lists are targets already)."""
     address = address.strip()
@@ -39,7 +47,7 @@ def resolve_target(address: str) -> str:
     names), so round_robin spreads calls over all of them; every other form
     passes through. Raises ValueError for a list it cannot use."""
     address = address.strip()
-    if not is_list(address):
+    if not _is_list(address):
         return address
     v4, v6 = [], []
     for host, port in _parts(address):
@@ -60,7 +68,7 @@ def list_host(address: str) -> str | None:
     """The one host name of a comma-separated list, which TLS checks every
     server's certificate against (a resolved list keeps no names); None for
     any other form. Raises ValueError if the list names several hosts."""
-    if not is_list(address):
+    if not _is_list(address):
         return None
     hosts = {host for host, _ in _parts(address)}
     if len(hosts) > 1:
