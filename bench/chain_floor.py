@@ -16,8 +16,9 @@ It runs in two designs, rounds alternated:
   on the loop (no thread to hand a call to: the single-threaded design).
 
 Prints one JSON line per design, the medians over rounds: chains/s, latency
-p50/p99 of the caller, and CPU milliseconds per chain of each server. The
-caller (grpc.aio, in this process) is not counted. What the shop spends on
+p50/p99 of the caller, CPU milliseconds per chain of each server, and how
+the machine's time went (user, system, idle, other; the caller included).
+The caller (grpc.aio, in this process) is not counted in the servers' CPU. What the shop spends on
 an order beyond these figures (and the gateway's HTTP) is its own work.
 """
 
@@ -38,6 +39,7 @@ import grpc
 
 from bench.endtoend import at_least_one
 from bench.grpc_load import percentile
+from bench.machine import machine_split, machine_times, median_split
 from bench.runner import cpu_seconds
 from launcher.stack import free_port_base
 
@@ -163,9 +165,11 @@ def run_once(design: str, duration_s: float, warmup_s: float, concurrency: int, 
             _wait_until_serving(port)
         asyncio.run(drive(ports["order"], warmup_s, concurrency))
         before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
+        machine_before = machine_times()
         started = time.perf_counter()
         latencies = asyncio.run(drive(ports["order"], duration_s, concurrency))
         elapsed = time.perf_counter() - started
+        machine_after = machine_times()
         after = {name: cpu_seconds(p.pid) for name, p in processes.items()}
     finally:
         for p in processes.values():
@@ -183,6 +187,7 @@ def run_once(design: str, duration_s: float, warmup_s: float, concurrency: int, 
         "p50_ms": 1000 * percentile(latencies, 0.50),
         "p99_ms": 1000 * percentile(latencies, 0.99),
         "cpu_ms_per_chain": {**cpu_ms, "total": sum(cpu_ms.values())},
+        "machine_pct": machine_split(machine_before, machine_after),
     }
 
 
@@ -200,6 +205,7 @@ def median_of(runs: list[dict]) -> dict:
         "p50_ms": med(lambda r: r["p50_ms"]),
         "p99_ms": med(lambda r: r["p99_ms"]),
         "cpu_ms_per_chain": {k: med(lambda r, k=k: r["cpu_ms_per_chain"][k]) for k in (*SERVERS, "total")},
+        "machine_pct": median_split([r["machine_pct"] for r in runs]),
     }
 
 

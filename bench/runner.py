@@ -3,7 +3,8 @@ back, stock topped up, the load tool (or the gRPC driver) run for a
 scenario, and the CPU time every process of the shop spent meanwhile.
 
 CPU time is read with psutil: a process and its live descendants (the
-gateway's workers, a service's PROCESSES), user + system."""
+gateway's workers, a service's PROCESSES), user + system; the machine's time
+is split too (bench/machine.py)."""
 
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 from bench.loadtools import LoadTool, hey_command, parse_hey, parse_wrk, wrk_command
+from bench.machine import machine_split, machine_times
 from bench.scenarios import ADMIN_TOKEN, BENCH_CUSTOMER, JWT_SECRET, SCENARIOS, STOCK_TOP_UP, Scenario
 from launcher.plan import ProcessSpec
 from launcher.stack import ROOT, Stack, http
@@ -164,9 +166,11 @@ class Bench:
             self.start_profilers(scenario, duration_s)
         before = {short_name(spec): cpu_seconds(proc.pid) for spec, proc in self.stack.procs}
         loadgen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        machine_before = machine_times()
         self.current = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         output, _ = self.current.communicate(timeout=duration_s + 120)
         returncode, self.current = self.current.returncode, None
+        machine_after = machine_times()
         after = {short_name(spec): cpu_seconds(proc.pid) for spec, proc in self.stack.procs}
         loadgen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.finish_profilers()
@@ -178,6 +182,7 @@ class Bench:
         result["cpu_ms_per_request"]["total"] = sum(result["cpu_ms_per_request"].values())
         loadgen_s = (loadgen_after.ru_utime + loadgen_after.ru_stime) - (loadgen_before.ru_utime + loadgen_before.ru_stime)
         result["loadgen_cpu_ms_per_request"] = loadgen_s * 1000 / served
+        result["machine_pct"] = machine_split(machine_before, machine_after)
         return result
 
     def start_profilers(self, scenario: Scenario, duration_s: int) -> None:

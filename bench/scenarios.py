@@ -6,6 +6,8 @@ import statistics
 import uuid
 from dataclasses import dataclass
 
+from bench.machine import median_split
+
 ADMIN_TOKEN = "bench-" + uuid.uuid4().hex
 # --auth jwt: the gateway's HS256 secret, and the customer every scenario acts as.
 JWT_SECRET = uuid.uuid4().hex + uuid.uuid4().hex
@@ -123,6 +125,7 @@ def summarise(scenario: Scenario, runs: list[dict]) -> dict:
         "transport_errors": {m: int(median(r["errors"].get(m, 0) for r in runs)) for m in errors},
         "cpu_ms_per_request": {p: round(median(r["cpu_ms_per_request"][p] for r in runs), 3) for p in processes},
         "loadgen_cpu_ms_per_request": round(median(r["loadgen_cpu_ms_per_request"] for r in runs), 3),
+        "machine_pct": median_split([r.get("machine_pct") for r in runs]),
         "rps_runs": [round(r["rps"], 1) for r in runs],
     }
 
