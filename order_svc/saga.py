@@ -76,8 +76,8 @@ VOIDING, RELEASING, CANCELLING = Step.VOIDING, Step.RELEASING, Step.CANCELLING
 
 # A lease outlives the call it covers by this much, for recording the answer.
 LEASE_MARGIN_S = 0.5
-# How long a retry waits for an order whose failure is decided to finish
-# compensating, before answering that failure.
+# How long a request whose order recovery took over waits for a decided
+# failure to finish compensating before answering it (a retry waits for the end).
 DECIDED_GRACE_S = 1.0
 
 
@@ -200,14 +200,14 @@ class OrderSaga:
                 raise order.failure.error() from None
         if order is None or order.status == PENDING:
             # Our lease ran out and recovery drives the order now.
-            return self._await_outcome(order_id, failures.lost_lease(order_id))
+            return self._await_outcome(order_id, failures.lost_lease(order_id), decided_grace_s=DECIDED_GRACE_S)
         return _answer(order)
 
     def _fail_later(self, order: Order, owner: str, step: Step, error: ShopError) -> Order:
         """Decide the failure, answer it now, and settle (Void, Release) in
         the background with fresh deadlines. Raises the error."""
         if self._decide(order, owner, step, FAILED, error) is None:
-            return self._await_outcome(order.id, failures.lost_lease(order.id))
+            return self._await_outcome(order.id, failures.lost_lease(order.id), decided_grace_s=DECIDED_GRACE_S)
         self.recovery.settle_later(order.id, owner)
         raise error
 
@@ -350,12 +350,15 @@ class OrderSaga:
             raise failures.idempotency_key_reused(existing.id)
         return self._await_outcome(existing.id, failures.idempotency_key_in_use(existing.id), caller_gone)
 
-    def _await_outcome(self, order_id: str, unresolved: ShopError, caller_gone=lambda: False) -> Order:
+    def _await_outcome(
+        self, order_id: str, unresolved: ShopError, caller_gone=lambda: False, decided_grace_s: float | None = None
+    ) -> Order:
         """The order's outcome, waiting for it up to the incoming deadline
         (less a margin to answer), or as long as the saga may take when the
         caller set none, and never once the caller is gone: the order if it
-        was confirmed, its error if it failed. Raises `unresolved` if it has
-        none by then."""
+        was confirmed, its error if it failed; `unresolved` if it is still
+        PENDING then. A failure decided but still compensating is answered
+        after `decided_grace_s`; a retry (None) waits for the order's end."""
         left = remaining_s()
         wait_s = left - MARGIN_S if left is not None else 2 * self.config.downstream_timeout_s
         started = time.monotonic()
@@ -366,9 +369,9 @@ class OrderSaga:
             if order.status != PENDING:
                 return _answer(order)
             now = time.monotonic()
-            # A failure decided while the stock is still on its way back is
-            # the outcome already: no need to wait out an upstream outage.
-            if order.failure and (now > started + DECIDED_GRACE_S or now + pause > give_up):
+            # The first request's failure, decided: no need to wait out an outage to answer it.
+            decided = order.failure and decided_grace_s is not None
+            if decided and (now > started + decided_grace_s or now + pause > give_up):
                 raise order.failure.error()
             if now + pause > give_up or caller_gone():
                 raise unresolved

@@ -18,7 +18,7 @@ from order_svc.model import Failure, Order, OrderItem, OrderRequest, OrderStatus
 from order_svc.saga import OrderSaga
 from order_svc.upstream import Payment, Refused
 from plumbing.config import OrderConfig
-from plumbing.deadlines import deadline_var
+from plumbing.deadlines import MARGIN_S, deadline_var
 from plumbing.errors import ShopError, database_unavailable, failed_precondition
 from plumbing.identity import Caller
 from tests.saga_fakes import Clock, FakeInventory, FakePayments, MemoryStore, unsettled
@@ -541,15 +541,50 @@ def test_a_retry_waits_for_the_first_attempt_to_end_and_answers_its_outcome(shop
     assert len(shop.store.orders) == 1
 
 
-def test_a_retry_of_an_order_whose_failure_is_decided_answers_it_before_the_stock_is_back(shop):
-    declined = failed_precondition(
-        "PAYMENT_DECLINED", "payment declined (card_declined)", order_id="ord_left"
-    )
-    left_at(
+def decided_and_releasing(shop: Shop) -> tuple[Order, ShopError]:
+    """An order whose payment was declined, its stock still held: its first
+    attempt is still releasing it."""
+    declined = failed_precondition("PAYMENT_DECLINED", "payment declined (card_declined)", order_id="ord_left")
+    order = left_at(
         shop, Step.RELEASING, key="k1", outcome=PAYMENT_FAILED, failure=Failure.of(declined), lease_s=LATER_S
     )
+    shop.inventory.reserve(order.id, order.items)
+    return order, declined
+
+
+def test_a_retry_of_an_order_whose_failure_is_decided_waits_for_its_stock_to_come_back(shop, monkeypatch):
+    order, declined = decided_and_releasing(shop)
+    get, reads = shop.store.get, []
+
+    def get_while_the_stock_comes_back(order_id):
+        reads.append(order_id)
+        if len(reads) == 3:
+            # The retry has seen the order PENDING twice: its release ends now.
+            shop.saga.recovery.settle(get(order_id), GONE)
+        return get(order_id)
+
+    monkeypatch.setattr(shop.store, "get", get_while_the_stock_comes_back)
     error = refused_order(shop, request(key="k1"))
     assert (error.reason, error.message) == ("PAYMENT_DECLINED", declined.message)
+    assert shop.order(order.id).status == PAYMENT_FAILED
+    assert shop.inventory.stock["P001"] == STOCK
+
+
+def test_a_retry_of_an_order_still_releasing_at_its_deadline_answers_key_in_use(shop):
+    # API.md: a duplicate waits while the order is PENDING, and answers 409
+    # if it still is at its deadline - a failure decided but not finished too.
+    order, _ = decided_and_releasing(shop)
+    token = deadline_var.set(time.monotonic() + MARGIN_S + 1.5)
+    try:
+        error = refused_order(shop, request(key="k1"))
+    finally:
+        deadline_var.reset(token)
+    assert (error.code, error.reason, error.metadata) == (
+        grpc.StatusCode.ABORTED,
+        "IDEMPOTENCY_KEY_IN_USE",
+        {"order_id": order.id},
+    )
+    assert shop.order(order.id).status == PENDING
 
 
 # Recovery of orders left at each step by a process now gone
