@@ -8,9 +8,10 @@ import grpc
 from plumbing.errors import ShopError, failed_precondition, invalid_argument
 
 # What the caller is told happens to an order whose Reserve or Charge had an
-# unknown outcome (it fails; the background or recovery makes that true).
-RESERVE_UNSETTLED = "failed: nothing was charged and any stock held for it is returned"
-CHARGE_UNSETTLED = "failed: any charge is voided and its stock returned"
+# unknown outcome: it fails, and the background or recovery compensates it,
+# within 30 s of the upstream answering again (until then it is PENDING).
+RESERVE_UNSETTLED = "failed: nothing was charged and any stock held for it will be returned"
+CHARGE_UNSETTLED = "failed: any charge will be voided and its stock returned"
 CANCEL_UNSETTLED = "is still CONFIRMED; its cancellation completes when it answers"
 # ... and when this service's own database failed it.
 ORDER_DATABASE = "order database"

@@ -102,9 +102,11 @@ def invalid_argument(violations: list[tuple[str, str]], reason: str = "INVALID_A
 
 
 def not_found(kind: str, key: str) -> ShopError:
-    return ShopError(
-        grpc.StatusCode.NOT_FOUND, f"{kind} {key!r} not found", "NOT_FOUND", {"resource": kind, "id": key}
-    )
+    """`kind` ("product", "payment method") `key` is unknown: its metadata
+    names the id under the kind's own key (product_id, payment_method_id),
+    as API.md's ErrorInfo does, besides the generic resource and id."""
+    metadata = {"resource": kind, "id": key, f"{kind.replace(' ', '_')}_id": key}
+    return ShopError(grpc.StatusCode.NOT_FOUND, f"{kind} {key!r} not found", "NOT_FOUND", metadata)
 
 
 def failed_precondition(reason: str, message: str, **metadata) -> ShopError:

@@ -55,6 +55,8 @@ def test_get_product_returns_price_in_cents(stub):
 def test_unknown_product_is_not_found(stub):
     error = error_of(stub.GetProduct, pb.GetProductRequest(product_id="P999"))
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+    # API.md: the ErrorInfo's metadata names it as product_id.
+    assert error.metadata["product_id"] == "P999"
 
 
 def test_malformed_product_id_is_invalid_with_field_violation(stub):

@@ -206,3 +206,4 @@ def test_unknown_payment_method_fails_the_order_and_returns_the_stock(shop):
 def test_unknown_order_is_not_found(shop):
     error = refused(shop.orders().GetOrder, pb.GetOrderRequest(order_id="ord_000000000000000000000000"), timeout=10)
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+    assert error.metadata["order_id"] == "ord_000000000000000000000000"

@@ -433,6 +433,7 @@ def test_get_payment_of_an_unknown_id_is_not_found(stub):
         error_of(stub.GetPayment, pb.GetPaymentRequest(payment_id="pay_000000000000000000000000"))
     )
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+    assert error.metadata["payment_id"] == "pay_000000000000000000000000"
 
 
 @pytest.mark.parametrize("payment_id", ["", "pay 1", "../pay"])

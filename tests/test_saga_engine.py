@@ -162,7 +162,7 @@ def test_a_reserve_without_an_answer_fails_the_order_at_once_and_returns_any_sto
     assert (error.code, error.reason) == (code, code.name)
     assert error.metadata == {"order_id": order_id, "service": "inventory"}
     assert error.message.endswith(
-        f"order {order_id} failed: nothing was charged and any stock held for it is returned"
+        f"order {order_id} failed: nothing was charged and any stock held for it will be returned"
     )
     order = shop.settled(order_id)
     assert (order.status, order.failure) == (FAILED, Failure.of(error))
@@ -220,7 +220,7 @@ def test_a_charge_without_an_answer_fails_the_order_then_voids_it_before_returni
         {"order_id": order_id, "service": "payment"},
     )
     assert error.message == (
-        f"payment did not answer in time; order {order_id} failed: any charge is voided and its stock returned"
+        f"payment did not answer in time; order {order_id} failed: any charge will be voided and its stock returned"
     )
     order = shop.settled(order_id)
     assert order.status == FAILED
