@@ -34,8 +34,8 @@ Send = Callable[[health_pb2.HealthCheckResponse | None], None]
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
-    """Check and Watch of every service's status; `reason` says why a Check
-    is answered NOT_SERVING."""
+    """Check, List and Watch of every service's status; `reason` says why a
+    Check is answered NOT_SERVING."""
 
     reason = ""
 
@@ -72,6 +72,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             self._forget(service, send)  # the stream ended already
 
     Watch.experimental_non_blocking = True
+
+    def List(self, request, context):
+        """Every service's status at once (grpc.health.v1's List; the
+        generated base class answers UNIMPLEMENTED)."""
+        with self._lock:
+            statuses = dict(self._statuses)
+        return health_pb2.HealthListResponse(
+            statuses={service: health_pb2.HealthCheckResponse(status=status) for service, status in statuses.items()}
+        )
 
     def _forget(self, service: str, send: Send) -> None:
         """A Watch stream closed (on the server's event thread: no waiting here)."""

@@ -1,5 +1,5 @@
-"""The shop's grpc.health.v1 servicer (plumbing/health.py): Check and Watch
-as the protocol says, and no deadlock when Watch streams close while
+"""The shop's grpc.health.v1 servicer (plumbing/health.py): Check, List and
+Watch as the protocol says, and no deadlock when Watch streams close while
 statuses change (grpcio-health-checking's servicer hangs there)."""
 
 import threading
@@ -38,6 +38,14 @@ def test_check_answers_a_known_status_and_not_found_for_an_unknown_service(serve
     with pytest.raises(grpc.RpcError) as unknown:
         stub.Check(health_pb2.HealthCheckRequest(service="shop.test.v1.Unknown"), timeout=5)
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_list_answers_every_services_status(served):
+    # Reflection shows List beside Check and Watch: it answers, never UNIMPLEMENTED.
+    servicer, stub, _ = served
+    servicer.set(SERVICE, NOT_SERVING)
+    listed = stub.List(health_pb2.HealthListRequest(), timeout=5).statuses
+    assert {service: response.status for service, response in listed.items()} == {"": SERVING, SERVICE: NOT_SERVING}
 
 
 def test_check_says_why_a_service_is_not_serving(served):
