@@ -12,7 +12,7 @@ import grpc
 
 from plumbing import access, field_rules, metrics, tracing
 from plumbing.deadlines import deadline_from_remaining, deadline_var
-from plumbing.errors import ShopError, database_unavailable
+from plumbing.errors import ShopError, database_unavailable, invalid_argument
 from plumbing.identity import (
     SCOPES_METADATA,
     SUBJECT_METADATA,
@@ -31,6 +31,31 @@ def _not_ready() -> ShopError:
     return database_unavailable(
         "the service is starting: it is waiting for its database; retry shortly", shared=False
     )
+
+
+class _Unparsable:
+    """A request whose bytes are not the method's message: answered
+    INVALID_ARGUMENT by the interceptor, in its turn (after the caller check),
+    where grpc would answer INTERNAL and log a traceback for a client's fault."""
+
+    __slots__ = ()
+
+
+_UNPARSABLE = _Unparsable()
+
+
+def _lenient(deserialize):
+    """`deserialize`, giving _UNPARSABLE for bytes it cannot parse."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception:  # protobuf's DecodeError, or a message that will not build
+            return _UNPARSABLE
+
+    return parse
 
 
 # Health checks come every few seconds from every probe: counted in metrics,
@@ -76,7 +101,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
 
         wrapped = grpc.unary_unary_rpc_method_handler(
             observed,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         self._observed[handler_call_details.method] = (handler, wrapped)
@@ -114,6 +139,8 @@ class ServerInterceptor(grpc.ServerInterceptor):
             customer_token = caller_var.set(customer)
             if admin and customer is not None and not customer.admin:
                 raise needs_admin()
+            if request is _UNPARSABLE:
+                raise invalid_argument([("request", "is not a valid protobuf message for this method")])
             if rules is not None:
                 rules(request)
             response = behavior(request, context)

@@ -1,6 +1,7 @@
 """What every gRPC server refuses or keeps to itself: oversized requests,
 reflection when switched off, interfaces it was not asked to listen on."""
 
+import logging
 import os
 import socket
 import subprocess
@@ -38,6 +39,16 @@ def test_a_request_over_the_size_limit_is_refused_unread(inventory):
     with pytest.raises(grpc.RpcError) as invalid:
         stub.GetProduct(pb.GetProductRequest(product_id="P" * (MAX_REQUEST_BYTES - 16)), timeout=5)
     assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_bytes_that_are_not_the_methods_message_are_invalid_argument_and_log_no_traceback(inventory, caplog):
+    # grpc itself answers INTERNAL ("Exception deserializing request!") and logs an ERROR.
+    get_product = inventory.channel().unary_unary("/shop.inventory.v1.InventoryService/GetProduct")
+    with pytest.raises(grpc.RpcError) as refused:
+        get_product(b"\xff\xff\xff\xff", timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message" in refused.value.details()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_reflection_is_on_by_default_and_grpc_reflection_0_turns_it_off(monkeypatch):
