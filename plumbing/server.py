@@ -5,6 +5,7 @@ drain (health NOT_SERVING -> drain delay -> server.stop(grace)); readiness
 configured, with health alone in plaintext on HEALTH_PORT; and, with
 PROCESSES > 1, several processes of the service serve one port."""
 
+import errno
 import logging
 import os
 import signal
@@ -165,10 +166,27 @@ def _listen(
     except RuntimeError:  # grpcio's "Failed to bind"
         bound = 0
     if bound == 0:
-        raise ConfigError(
-            f"cannot listen on {what} {join_host_port(host, port)}: it is in use (another shop may be running?)"
-        )
+        raise ConfigError(f"cannot listen on {what} {join_host_port(host, port)}: {_why_not_bound(host, port)}")
     return bound
+
+
+def _why_not_bound(host: str, port: int) -> str:
+    """Why a port could not be bound, which grpc does not say: a plain
+    socket's own answer for the same address."""
+    in_use = "it is in use (another shop may be running?)"
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return f"{host!r} is not a host name or address (GRPC_BIND_HOST?)"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return in_use
+                return f"{error.strerror} (GRPC_BIND_HOST?)"
+    return in_use
 
 
 def serve(

@@ -98,6 +98,31 @@ def test_grpc_and_metrics_listen_only_where_their_bind_hosts_say(monkeypatch):
         metrics_thread.join()
 
 
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [
+        ("999.1.1.1", "'999.1.1.1' is not a host name or address (GRPC_BIND_HOST?)"),
+        # TEST-NET-1: an address, but none of this machine's.
+        ("192.0.2.1", "Cannot assign requested address (GRPC_BIND_HOST?)"),
+    ],
+)
+def test_a_bind_host_that_is_not_this_machines_is_refused_saying_so(host, said):
+    service = Service("shop.order.v1.OrderService", object(), lambda servicer, server: None)
+    with pytest.raises(ConfigError) as refused:
+        ShopServer([service], 0, host=host).start()
+    assert str(refused.value).endswith(said)
+
+
+def test_a_port_in_use_is_refused_saying_so():
+    service = Service("shop.order.v1.OrderService", object(), lambda servicer, server: None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError) as refused:
+            ShopServer([service], taken.getsockname()[1], host="127.0.0.1").start()
+    assert str(refused.value).endswith("it is in use (another shop may be running?)")
+
+
 def test_an_ipv6_bind_host_is_accepted_bare_or_in_brackets(monkeypatch):
     monkeypatch.setenv("GRPC_BIND_HOST", "[::1]")
     assert ServerConfig.from_env("order").bind_host == "::1"
