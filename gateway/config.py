@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from limits import parse_many
 
-from plumbing.config import ConfigError, LogConfig, UpstreamConfig, env_int, env_str
+from plumbing.config import ConfigError, LogConfig, UpstreamConfig, env_int, env_port, env_str
 
 DEFAULT_PORT = 30080
 # Worker processes x threads: what measured fastest on a 2-core machine
@@ -102,7 +102,7 @@ class GatewayConfig:
     @classmethod
     def from_env(cls) -> "GatewayConfig":
         config = cls(
-            port=env_int("GATEWAY_PORT", DEFAULT_PORT),
+            port=env_port("GATEWAY_PORT", DEFAULT_PORT),
             upstreams=UpstreamConfig.from_env(),
             rate_limit=env_str("RATE_LIMIT", "100/minute"),
             rate_limit_storage=env_str("RATE_LIMIT_STORAGE", "memory://"),

@@ -16,8 +16,8 @@ import psycopg
 
 from gateway.upstreams import SERVICES as BACKENDS
 from launcher import databases
-from plumbing.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ConfigError, TlsConfig
-from plumbing.targets import bare_host, join_host_port
+from plumbing.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, ConfigError, TlsConfig, env_port, env_str
+from plumbing.targets import MAX_PORT, bare_host, join_host_port
 
 SERVICES = ("inventory", "payment", "order")
 # Each process's own certificate; TLS_CA_FILE is shared.
@@ -76,9 +76,11 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
     addrs: dict[str, str] = {}
     for service in SERVICES:
         key = service.upper()
-        port = int(environ.get(f"{key}_PORT", DEFAULT_PORTS[service]))
-        metrics = int(environ.get(f"{key}_METRICS_PORT", DEFAULT_METRICS_PORTS[service]))
-        ports = [port + n * REPLICA_PORT_STEP for n in range(replicas)]
+        ports = replica_ports(environ, f"{key}_PORT", DEFAULT_PORTS[service], replicas)
+        metrics_ports = replica_ports(environ, f"{key}_METRICS_PORT", DEFAULT_METRICS_PORTS[service], replicas)
+        health_ports = None
+        if env_str(f"{key}_HEALTH_PORT", "", environ):
+            health_ports = replica_ports(environ, f"{key}_HEALTH_PORT", 0, replicas)
         addrs[f"{key}_ADDR"] = environ.get(f"{key}_ADDR") or ",".join(f"localhost:{p}" for p in ports)
         for n, replica_port in enumerate(ports):
             env = {k: v for k, v in environ.items() if k not in PER_SERVICE}
@@ -87,24 +89,36 @@ def plan(environ: dict[str, str], replicas: int = 1) -> list[ProcessSpec]:
             env["OTEL_SERVICE_NAME"] = service
             if environ.get(f"{key}_PROCESSES"):
                 env["PROCESSES"] = environ[f"{key}_PROCESSES"]
-            env["METRICS_PORT"] = str(metrics + n * REPLICA_PORT_STEP)
-            if environ.get(f"{key}_HEALTH_PORT", "").strip():
-                env["HEALTH_PORT"] = str(int(environ[f"{key}_HEALTH_PORT"]) + n * REPLICA_PORT_STEP)
+            env["METRICS_PORT"] = str(metrics_ports[n])
+            if health_ports:
+                env["HEALTH_PORT"] = str(health_ports[n])
             if environ.get(f"{key}_DATABASE_URL"):
                 env["DATABASE_URL"] = environ[f"{key}_DATABASE_URL"]
-            specs.append(ProcessSpec(f"{service}-{n + 1}", f"{service}_svc", env, replica_port, metrics + n * REPLICA_PORT_STEP))
-    gateway_port = int(environ.get("GATEWAY_PORT", 30080))
-    for n in range(replicas):
+            specs.append(ProcessSpec(f"{service}-{n + 1}", f"{service}_svc", env, replica_port, metrics_ports[n]))
+    for n, gateway_port in enumerate(replica_ports(environ, "GATEWAY_PORT", 30080, replicas, step=1)):
         env = {k: v for k, v in environ.items() if k not in ("METRICS_PORT", "DATABASE_URL")}
         env.update(own_tls(environ, "GATEWAY"))
         env.update(addrs)
-        env["GATEWAY_PORT"] = str(gateway_port + n)
+        env["GATEWAY_PORT"] = str(gateway_port)
         env["OTEL_SERVICE_NAME"] = "gateway"
-        specs.append(ProcessSpec(f"gateway-{n + 1}", "gateway", env, gateway_port + n, None))
+        specs.append(ProcessSpec(f"gateway-{n + 1}", "gateway", env, gateway_port, None))
     for spec in specs:
         for service in SERVICES:
             spec.env.setdefault(f"{service.upper()}_ADDR", addrs[f"{service.upper()}_ADDR"])
     return specs
+
+
+def replica_ports(
+    environ: dict[str, str], name: str, default: int, replicas: int, step: int = REPLICA_PORT_STEP
+) -> list[int]:
+    """The port setting `name` gives each replica: its own (1-65535, as a
+    process reads it; never 0, which make run could not probe), then `step`
+    higher for each next one, every one of them a port."""
+    first = env_port(name, default, environ=environ)
+    ports = [first + n * step for n in range(replicas)]
+    if ports and ports[-1] > MAX_PORT:
+        raise ConfigError(f"{name}={first}: {replicas} replicas need ports up to {ports[-1]}, past {MAX_PORT}")
+    return ports
 
 
 def own_tls(environ: dict[str, str], key: str) -> dict[str, str]:

@@ -7,11 +7,13 @@ starts several processes from one environment, maps the per-service forms
 
 import functools
 import logging
+import math
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from plumbing.targets import bare_host, list_host, resolve_target
+from plumbing.targets import bare_host, list_host, port_number, resolve_target
 
 DEFAULT_PORTS = {"inventory": 50051, "payment": 50052, "order": 50053}
 DEFAULT_METRICS_PORTS = {"inventory": 9101, "payment": 9102, "order": 9103}
@@ -20,6 +22,9 @@ DEFAULT_PROCESSES = 1
 # Server threads (GRPC_WORKERS): with group commit, more threads queue more
 # writes behind one COMMIT, and 16 led 4 on orders (docs/performance.md).
 DEFAULT_GRPC_WORKERS = 16
+# The largest a number of seconds or hours may be: past it grpc's
+# millisecond options and the timers overflow (MAX_CONNECTION_AGE_S=3e6 did).
+MAX_FLOAT_SETTING = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -44,8 +49,9 @@ def exits_on_config_error(says: str):
     return decorate
 
 
-def env_str(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
+def env_str(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """A setting from `environ` (default: this process's environment), stripped."""
+    value = (os.environ if environ is None else environ).get(name, "").strip()
     return value or default
 
 
@@ -54,17 +60,32 @@ def env_int(name: str, default: int, minimum: int = 0) -> int:
 
 
 def env_float(name: str, default: float, minimum: float = 0.0) -> float:
-    return _env_number(name, default, minimum, float, "a number")
+    """A finite number from `minimum` to MAX_FLOAT_SETTING: never nan or inf."""
+    return _env_number(name, default, minimum, float, "a number", maximum=MAX_FLOAT_SETTING)
 
 
-def _env_number(name: str, default, minimum, parse, kind: str):
+def env_port(name: str, default: int, any_free: bool = False, environ: Mapping[str, str] | None = None) -> int:
+    """A port, 1-65535; with `any_free`, 0 too (the system picks one, which
+    the process logs: what tests use to run a service on a free port)."""
+    raw = env_str(name, str(default), environ)
+    try:
+        return port_number(raw, any_free)
+    except ValueError as error:
+        raise ConfigError(f"{name}={raw!r} {error}") from None
+
+
+def _env_number(name: str, default, minimum, parse, kind: str, maximum=None):
     raw = env_str(name, str(default))
     try:
         value = parse(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not {kind}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} is not a finite number")
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} must be at most {maximum}")
     return value
 
 
@@ -171,13 +192,12 @@ class ServerConfig:
 
     @classmethod
     def from_env(cls, name: str) -> "ServerConfig":
-        data_dir = env_str("DATA_DIR", "data")
         workers = env_int("GRPC_WORKERS", DEFAULT_GRPC_WORKERS, minimum=1)
         return cls(
             name=name,
-            port=env_int(f"{name.upper()}_PORT", DEFAULT_PORTS[name]),
-            metrics_port=env_int("METRICS_PORT", DEFAULT_METRICS_PORTS[name]),
-            database_url=env_str("DATABASE_URL", f"sqlite:///{data_dir}/{name}.db"),
+            port=env_port(f"{name.upper()}_PORT", DEFAULT_PORTS[name], any_free=True),
+            metrics_port=env_port("METRICS_PORT", DEFAULT_METRICS_PORTS[name], any_free=True),
+            database_url=env_database_url(name),
             workers=workers,
             max_concurrent_rpcs=env_int("GRPC_MAX_CONCURRENT_RPCS", workers * 4, minimum=1),
             drain_delay_s=env_float("DRAIN_DELAY_S", 0.0),
@@ -187,10 +207,25 @@ class ServerConfig:
             log=LogConfig.from_env(),
             bind_host=env_host("GRPC_BIND_HOST", "::"),
             metrics_bind_host=env_host("METRICS_BIND_HOST", "0.0.0.0"),
-            health_port=env_int("HEALTH_PORT", 0) if env_str("HEALTH_PORT", "") else None,
+            health_port=env_port("HEALTH_PORT", 0, any_free=True) if env_str("HEALTH_PORT", "") else None,
             reflection=env_bool("GRPC_REFLECTION", True),
             tls=TlsConfig.from_env(name),
         )
+
+
+def env_database_url(name: str) -> str:
+    """DATABASE_URL, or SQLite in DATA_DIR, checked (plumbing/database_url.py)
+    and its SQLite folder made: a URL that cannot be used refuses the start,
+    naming the setting that made it and never quoting a password."""
+    from plumbing.database_url import usable_url
+
+    data_dir = env_str("DATA_DIR", "data")
+    url = env_str("DATABASE_URL", "")
+    try:
+        usable_url(url or f"sqlite:///{data_dir}/{name}.db")
+    except ValueError as error:
+        raise ConfigError(f"DATABASE_URL: {error}" if url else f"DATA_DIR={data_dir!r}: {error}") from None
+    return url or f"sqlite:///{data_dir}/{name}.db"
 
 
 @dataclass(frozen=True)

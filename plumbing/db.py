@@ -25,7 +25,6 @@ import functools
 import logging
 import math
 import os
-import pathlib
 import sqlite3
 import weakref
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Engine
 
+from plumbing.database_url import usable_url
 from plumbing.deadlines import MARGIN_S, deadline_from_remaining, deadline_var, remaining_s
 from plumbing.errors import DatabaseUnavailable, database_unavailable
 from plumbing.sqlite_writer import CommitFailed, SqliteWriter, WriterBusy, is_file_error
@@ -66,21 +66,11 @@ LOCK_TIMEOUT_MARGIN_MS = 100
 _SQLITE_LOCK_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
 
-def normalise_url(url: str) -> str:
-    """postgresql://... means psycopg 3 here."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
-
-
 def open_engine(url: str, pool_size: int = 10) -> Engine:
-    url = normalise_url(url)
+    url = usable_url(url)
     if url.startswith("sqlite"):
         return _open_sqlite(url, pool_size)
-    if url.startswith("postgresql+psycopg://"):
-        return _open_postgres(url, pool_size)
-    raise ValueError(f"unsupported DATABASE_URL {url!r}: use sqlite:///path or postgresql://...")
+    return _open_postgres(url, pool_size)
 
 
 # Errors
@@ -236,10 +226,6 @@ def _open_postgres(url: str, pool_size: int) -> Engine:
 
 
 def _open_sqlite(url: str, pool_size: int) -> Engine:
-    path = sa.engine.make_url(url).database
-    if not path or path == ":memory:":
-        raise ValueError("SQLite needs a file (sqlite:///path/to.db): every replica thread shares it")
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(
         url,
         pool_size=pool_size,
