@@ -111,7 +111,10 @@ class Stack:
 
 
 def plan_stack(replicas: int, environ: dict[str, str]) -> list[ProcessSpec]:
-    """make run's plan on free ports, so a developer's `make run` can keep going."""
+    """make run's plan on free ports and in `environ`'s own DATA_DIR, so a
+    developer's `make run` keeps going and keeps its data to itself."""
+    if not environ.get("DATA_DIR"):
+        raise ValueError("plan_stack needs a DATA_DIR of its own (make run's ./data is the developer's)")
     env = dict(os.environ, **environ)
     for service in ("INVENTORY", "PAYMENT", "ORDER"):
         env[f"{service}_PORT"] = str(free_port_base(replicas))

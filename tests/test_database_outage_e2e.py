@@ -41,6 +41,7 @@ def outage_stack(private_postgres, log_dir: str, replicas: int) -> tuple[Stack, 
         "RECOVERY_INTERVAL_S": "1",
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
+        "DATA_DIR": os.path.join(log_dir, "data"),
     }
     specs = plan_stack(replicas, environ)
     # One gateway is enough to watch the services through.

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from launcher import databases, supervisor
 from launcher.plan import local_environ, plan, replicated_environ
-from launcher.stack import free_port_base, http
+from launcher.stack import free_port_base, http, plan_stack
 from plumbing.config import ConfigError
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.harness import ROOT, eventually
@@ -402,3 +402,11 @@ def test_output_is_passed_on_in_whole_lines_and_its_tail_kept():
     expected = ['{"a": 1}', '{"b": 2}', '{"c": 3}', '{"d": "é"}', "no newline at the end"]
     assert logs.getvalue().splitlines() == expected
     assert list(process.tail) == expected
+
+
+def test_a_stack_for_tests_and_benchmarks_never_runs_in_the_developers_data(tmp_path):
+    # Without a DATA_DIR of its own it would open make run's ./data.
+    with pytest.raises(ValueError, match="DATA_DIR"):
+        plan_stack(1, {"ADMIN_TOKEN": "x" * 32})
+    specs = plan_stack(1, {"DATA_DIR": str(tmp_path)})
+    assert {spec.env["DATA_DIR"] for spec in specs} == {str(tmp_path)}

@@ -170,7 +170,12 @@ def exported_names(url: str) -> set[str]:
 def test_every_metric_the_alerts_and_the_dashboard_query_is_exported(tmp_path):
     queried = set().union(*map(metric_names, [r["expr"] for r in alert_rules().values()] + dashboard_queries()))
     assert len(queried) >= 10  # the parsing found them all (each panel's and alert's own tests pin some)
-    environ = {"ADMIN_TOKEN": ADMIN_TOKEN, "RATE_LIMIT": "12/minute", "LOG_LEVEL": "WARNING"}
+    environ = {
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "RATE_LIMIT": "12/minute",
+        "LOG_LEVEL": "WARNING",
+        "DATA_DIR": str(tmp_path / "data"),
+    }
     stack = Stack(plan_stack(1, environ), log_dir=str(tmp_path)).start()
     try:
         (gateway,) = stack.gateway_urls()

@@ -50,6 +50,7 @@ def replicated(tmp_path):
             "MAX_CONNECTION_AGE_S": "5",
             "RECOVERY_INTERVAL_S": "1",
             "LOG_LEVEL": os.environ.get("E2E_LOG_LEVEL", "WARNING"),
+            "DATA_DIR": str(tmp_path / "data"),
         }
         stack = Stack(plan_stack(2, environ), log_dir=str(tmp_path)).start()
         yield stack
