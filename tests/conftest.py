@@ -23,6 +23,13 @@ def _postgres_reachable() -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path, monkeypatch):
+    """Every test's default DATA_DIR is its own: a service configured from the
+    environment never opens (nor makes) the checkout's ./data, make run's."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+
+
 @pytest.fixture(scope="session")
 def postgres_available() -> bool:
     return _postgres_reachable()
