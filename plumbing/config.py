@@ -217,15 +217,17 @@ def env_database_url(name: str) -> str:
     """DATABASE_URL, or SQLite in DATA_DIR, checked (plumbing/database_url.py)
     and its SQLite folder made: a URL that cannot be used refuses the start,
     naming the setting that made it and never quoting a password."""
+    # Here, not at the top: the gateway reads this module and opens no database.
     from plumbing.database_url import usable_url
 
     data_dir = env_str("DATA_DIR", "data")
-    url = env_str("DATABASE_URL", "")
+    given = env_str("DATABASE_URL", "")
+    url = given or f"sqlite:///{data_dir}/{name}.db"
     try:
-        usable_url(url or f"sqlite:///{data_dir}/{name}.db")
+        usable_url(url)
     except ValueError as error:
-        raise ConfigError(f"DATABASE_URL: {error}" if url else f"DATA_DIR={data_dir!r}: {error}") from None
-    return url or f"sqlite:///{data_dir}/{name}.db"
+        raise ConfigError(f"DATABASE_URL: {error}" if given else f"DATA_DIR={data_dir!r}: {error}") from None
+    return url
 
 
 @dataclass(frozen=True)

@@ -178,15 +178,23 @@ def _why_not_bound(host: str, port: int) -> str:
         addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror:
         return f"{host!r} is not a host name or address (GRPC_BIND_HOST?)"
-    for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            try:
-                probe.bind(address)
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    return in_use
-                return f"{error.strerror} (GRPC_BIND_HOST?)"
+    for family, _, _, _, address in addresses:
+        error = _bind_error(family, address)
+        if error is not None and error.errno != errno.EADDRINUSE:
+            return f"{error.strerror} (GRPC_BIND_HOST?)"
     return in_use
+
+
+def _bind_error(family: int, address: tuple) -> OSError | None:
+    """What binding `address` meets, as a server binds it: connections left
+    in TIME_WAIT by a server just gone (a crash, a SIGKILL) do not count."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return error
+    return None
 
 
 def serve(
@@ -369,14 +377,9 @@ def serve_as_group(config: ServerConfig) -> bool:
 def _check_port_free(port: int) -> None:
     """Bind the port alone, once: the group's copies share it with each
     other (SO_REUSEPORT) but must not share it with another program."""
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-        # As servers bind: connections left in TIME_WAIT by a group that just
-        # died (a crash, a SIGKILL) must not keep its restart off the port.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("::", port))
-        except OSError as error:
-            raise SystemExit(f"cannot serve gRPC on port {port}: {error.strerror}") from None
+    error = _bind_error(socket.AF_INET6, ("::", port))
+    if error is not None:
+        raise SystemExit(f"cannot serve gRPC on port {port}: {error.strerror}")
 
 
 def stop_on_signals(stopping: threading.Event, orphaned: Callable[[], bool] | None = None) -> None:

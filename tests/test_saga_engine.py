@@ -517,20 +517,26 @@ def test_a_retry_while_the_first_attempt_is_in_flight_answers_key_in_use_once_it
     assert shop.inventory.calls == []
 
 
+def settle_on_read(shop: Shop, monkeypatch, read: int) -> None:
+    """The order's first attempt (a process now gone) ends as the store is
+    read for the `read`-th time: recovery settles it just before that read."""
+    get, reads = shop.store.get, []
+
+    def get_and_settle(order_id):
+        reads.append(order_id)
+        if len(reads) == read:
+            shop.saga.recovery.settle(get(order_id), GONE)
+        return get(order_id)
+
+    monkeypatch.setattr(shop.store, "get", get_and_settle)
+
+
 def test_a_retry_waits_for_the_first_attempt_to_end_and_answers_its_outcome(shop, monkeypatch):
     in_flight = left_at(shop, Step.RESERVING, key="k1", lease_s=LATER_S)
     shop.inventory.reserve(in_flight.id, in_flight.items)
     shop.payments.charge(in_flight.priced(PRICES), False)
-    get, reads = shop.store.get, []
-
-    def get_while_the_first_attempt_ends(order_id):
-        reads.append(order_id)
-        if len(reads) == 2:
-            # The retry has seen the order PENDING: its first attempt ends now.
-            shop.saga.recovery.settle(get(order_id), GONE)
-        return get(order_id)
-
-    monkeypatch.setattr(shop.store, "get", get_while_the_first_attempt_ends)
+    # The retry has seen the order PENDING: its first attempt ends now.
+    settle_on_read(shop, monkeypatch, 2)
     # The retry's caller gives it long enough to wait.
     token = deadline_var.set(time.monotonic() + LATER_S)
     try:
@@ -554,16 +560,8 @@ def decided_and_releasing(shop: Shop) -> tuple[Order, ShopError]:
 
 def test_a_retry_of_an_order_whose_failure_is_decided_waits_for_its_stock_to_come_back(shop, monkeypatch):
     order, declined = decided_and_releasing(shop)
-    get, reads = shop.store.get, []
-
-    def get_while_the_stock_comes_back(order_id):
-        reads.append(order_id)
-        if len(reads) == 3:
-            # The retry has seen the order PENDING twice: its release ends now.
-            shop.saga.recovery.settle(get(order_id), GONE)
-        return get(order_id)
-
-    monkeypatch.setattr(shop.store, "get", get_while_the_stock_comes_back)
+    # The retry has seen the order PENDING twice: its release ends now.
+    settle_on_read(shop, monkeypatch, 3)
     error = refused_order(shop, request(key="k1"))
     assert (error.reason, error.message) == ("PAYMENT_DECLINED", declined.message)
     assert shop.order(order.id).status == PAYMENT_FAILED
