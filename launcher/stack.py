@@ -27,17 +27,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Free ports are picked at random from here: stacks started at once (pytest's
 # workers, a benchmark beside the tests) do not all take the first free ones.
 # Below the ephemeral range (32768-60999, where outgoing connections get
-# theirs), clear of the defaults (30080, 50051-50053, 9101-9103).
+# theirs), clear of the defaults (30080, 50051-50053, 9101-9103). pytest's
+# workers each take a slice of their own (tests/conftest.py).
 PORT_RANGE = (20000, 29000)
+
+# Ports handed out by this process: a port is only taken once its process
+# binds it, so two picks made before that must not meet.
+_handed_out: set[int] = set()
 
 
 def free_port_base(replicas: int = 1, step: int = REPLICA_PORT_STEP) -> int:
-    """A port p with p + n * step free for every replica n."""
+    """A port p with p + n * step free for every replica n, none of them
+    handed out before by this process."""
+    low, high = PORT_RANGE
     for _ in range(1000):
-        base = random.randrange(*PORT_RANGE)
-        if not any(port_taken(base + n * step) for n in range(replicas)):
+        base = random.randrange(low, high - (replicas - 1) * step)
+        ports = {base + n * step for n in range(replicas)}
+        if not ports & _handed_out and not any(port_taken(port) for port in ports):
+            _handed_out.update(ports)
             return base
-    raise RuntimeError("no free ports")
+    raise RuntimeError(f"no free ports in {low}-{high}")
 
 
 @dataclass

@@ -10,7 +10,7 @@ import os
 import psycopg
 import pytest
 
-from launcher import databases
+from launcher import databases, stack
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -21,6 +21,17 @@ def _postgres_reachable() -> bool:
             return True
     except psycopg.Error:
         return False
+
+
+def pytest_configure(config):
+    """Each pytest-xdist worker picks free ports from a slice of its own, so
+    two workers never hand out the same one before either has bound it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        count = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+        low, high = stack.PORT_RANGE
+        width = (high - low) // count
+        stack.PORT_RANGE = (low + int(worker[2:]) * width, low + (int(worker[2:]) + 1) * width)
 
 
 @pytest.fixture(autouse=True)

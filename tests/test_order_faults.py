@@ -91,13 +91,14 @@ def test_payment_down_settles_the_order_failed_with_nothing_charged_and_stock_ba
     assert [r.order_id for r in shop.payment.servicer.requests("Void")] == [order_id]
 
 
-def test_payment_slower_than_the_deadline_never_leaves_a_charge_on_a_failed_order(shop):
+def test_payment_slower_than_the_deadline_never_leaves_a_charge_on_a_failed_order(shop, monkeypatch):
+    harness.widen_answer_margin(monkeypatch, 1.0)
     before = stock(shop, "P001", "P002")
     gate = threading.Event()
     shop.payment_faults.rules["Charge"] = harness.held_until(gate)
     shop.payment_faults.rules["Void"] = harness.held_until(gate)
 
-    error = refused_order(shop.orders(), timeout=1)
+    error = refused_order(shop.orders(), timeout=2)
 
     assert (error.code, error.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
     order_id = error.metadata["order_id"]
@@ -111,12 +112,13 @@ def test_payment_slower_than_the_deadline_never_leaves_a_charge_on_a_failed_orde
 
 
 @harness.sqlite_only
-def test_inventory_slower_than_the_deadline_fails_the_order_and_returns_any_stock(shop):
+def test_inventory_slower_than_the_deadline_fails_the_order_and_returns_any_stock(shop, monkeypatch):
+    harness.widen_answer_margin(monkeypatch, 1.0)
     before = stock(shop, "P001", "P002")
     gate = threading.Event()
     shop.inventory_faults.rules["Reserve"] = harness.held_until(gate)
 
-    error = refused_order(shop.orders(), timeout=1)
+    error = refused_order(shop.orders(), timeout=2)
 
     assert (error.code, error.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
     order_id = error.metadata["order_id"]
@@ -128,13 +130,14 @@ def test_inventory_slower_than_the_deadline_fails_the_order_and_returns_any_stoc
     assert payments_of(shop, order_id) == []
 
 
-def test_retry_after_a_timeout_learns_the_outcome_with_the_same_error(shop):
+def test_retry_after_a_timeout_learns_the_outcome_with_the_same_error(shop, monkeypatch):
+    harness.widen_answer_margin(monkeypatch, 1.0)
     gate = threading.Event()
     shop.payment_faults.rules["Charge"] = harness.held_until(gate)
     request = pb.CreateOrderRequest(customer_id="C1", items=[pb.Item(product_id="P003", quantity=1)])
     key = [("idempotency-key", "retry-after-504")]
     with pytest.raises(grpc.RpcError) as info:
-        shop.orders().CreateOrder(request, timeout=1, metadata=key)
+        shop.orders().CreateOrder(request, timeout=2, metadata=key)
     first = from_rpc_error(info.value)
     gate.set()
     final_order(shop.orders(), first.metadata["order_id"])

@@ -146,7 +146,8 @@ def test_keys_are_scoped_to_the_customer(shop):
     assert second.status == pb.CONFIRMED
 
 
-def test_duplicate_of_a_pending_order_waits_for_its_outcome_or_says_in_use(shop):
+def test_duplicate_of_a_pending_order_waits_for_its_outcome_or_says_in_use(shop, monkeypatch):
+    harness.widen_answer_margin(monkeypatch, 1.0)
     gate = threading.Event()
 
     def slow_charge(charge_request, context, charge):
@@ -161,7 +162,7 @@ def test_duplicate_of_a_pending_order_waits_for_its_outcome_or_says_in_use(shop)
         patient = pool.submit(outcome, orders, request(), "key-pending", 30)
 
         # While the first is held, a duplicate with a short deadline gives up.
-        kind, in_use = outcome(orders, request(), "key-pending", timeout=1)
+        kind, in_use = outcome(orders, request(), "key-pending", timeout=2)
         gate.set()
         first_kind, placed = first.result()
         patient_kind, waited = patient.result()
