@@ -252,11 +252,14 @@ def test_seed_runs_only_into_an_empty_database(database_url):
         second.stop()
 
 
-def test_a_reserve_that_finds_the_database_locked_answers_unavailable_once_not_retried_into_a_timeout(sqlite_url):
+def test_a_reserve_that_finds_the_database_locked_answers_unavailable_once_not_retried_into_a_timeout(
+    sqlite_url, monkeypatch
+):
     # The saga's channel retries UNAVAILABLE (a replica gone); a locked
     # database is shared by every replica, so the service tells the client
     # not to (gRFC A6 pushback): the caller learns UNAVAILABLE, within its
     # deadline, instead of DEADLINE_EXCEEDED after a useless second attempt.
+    harness.widen_answer_margin(monkeypatch, 1.0)
     url = sqlite_url("inventory")
     running = harness.run_inventory(url)
     channel = open_channel(running.address, SERVICE_NAME, 5.0, ("Reserve",))
@@ -265,7 +268,7 @@ def test_a_reserve_that_finds_the_database_locked_answers_unavailable_once_not_r
         locker.execute("BEGIN EXCLUSIVE")
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
-            stub.Reserve(pb.ReserveRequest(order_id="o-locked", items=items(("P001", 1))), timeout=1.0)
+            stub.Reserve(pb.ReserveRequest(order_id="o-locked", items=items(("P001", 1))), timeout=2.0)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "locked" in raised.value.details()
         assert dict(raised.value.trailing_metadata())[RETRY_PUSHBACK_KEY] == "-1"
