@@ -449,13 +449,16 @@ def test_payment_methods_belong_to_their_maker(hs256):
         method_id, never_issued,
     )
 
-    # In an order, another customer's method is a pm_ id never issued: 400, the order kept FAILED.
+    # In an order, another customer's method is a pm_ id never issued, of
+    # whatever shape: 400, the order kept FAILED.
     theirs = hs256.post("/orders", json=order_body(payment_method=method_id), headers=stranger)
-    unknown = hs256.post("/orders", json=order_body(payment_method=never_issued), headers=stranger)
     error = assert_error(theirs, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
-    other = unknown.get_json()["error"]
-    their_order, unknown_order = (e["details"][0]["metadata"]["order_id"] for e in (error, other))
-    assert json.dumps(error).replace(their_order, unknown_order) == json.dumps(other)
+    their_order = error["details"][0]["metadata"]["order_id"]
+    for unknown_method in (never_issued, "pm_doesnotexist"):
+        unknown = hs256.post("/orders", json=order_body(payment_method=unknown_method), headers=stranger)
+        other = unknown.get_json()["error"]
+        unknown_order = other["details"][0]["metadata"]["order_id"]
+        assert json.dumps(error).replace(their_order, unknown_order) == json.dumps(other)
     assert hs256.get(f"/orders/{their_order}", headers=stranger).get_json()["status"] == "FAILED"
     assert placed_with(hs256, maker, method_id)["status"] == "CONFIRMED"
     # An admin's order is its customer's: the maker's method only for the maker.

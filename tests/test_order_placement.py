@@ -189,10 +189,11 @@ def test_unknown_product_fails_the_order_naming_it(shop):
     assert order.status == pb.FAILED
 
 
-def test_unknown_payment_method_fails_the_order_and_returns_the_stock(shop):
+@pytest.mark.parametrize("payment_method", ["tok_unheardOf", "pm_000000000000000000000000", "pm_doesnotexist"])
+def test_unknown_payment_method_fails_the_order_and_returns_the_stock(shop, payment_method):
     before = stock(shop, "P001")
 
-    error = refused(place, shop.orders(), payment_method="tok_unheardOf")
+    error = refused(place, shop.orders(), payment_method=payment_method)
 
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in error.violations] == ["payment_method"]

@@ -31,13 +31,30 @@ def test_a_card_number_is_not_a_payment_method(value):
     assert value.replace(" ", "").replace("-", "")[-4:] not in description
 
 
-@pytest.mark.parametrize("value", ["tok_visa", "tok_chargeDeclined", "pm_0123456789abcdef01234567", ""])
-def test_test_tokens_issued_payment_method_ids_and_none_pass(value):
+@pytest.mark.parametrize(
+    "value",
+    ["tok_visa", "tok_chargeDeclined", "pm_0123456789abcdef01234567", "pm_999999999999999999999999", "pm_0123", "pm_doesnotexist", ""],
+)
+def test_test_tokens_payment_method_ids_and_none_pass(value):
+    # A pm_ id never issued is the payment service's to refuse, after the order is stored.
     assert payment_method_violations(value) == []
 
 
 @pytest.mark.parametrize(
-    "value", ["12345678901", "12345678901234567890", "pm_0123", "PM_0123456789ABCDEF01234567", "visa", "tok_"]
+    "value",
+    [
+        "12345678901",
+        "12345678901234567890",
+        "PM_0123456789ABCDEF01234567",
+        "visa",
+        "tok_",
+        "pm_",
+        "pm_a b",
+        # Twelve digits or more outside an issued id's shape: a card number, perhaps.
+        "pm_4242424242424242",
+        "pm_4242-4242-4242-4242",
+        "tok_4242424242424242",
+    ],
 )
 def test_anything_else_is_refused_naming_the_forms_a_payment_method_takes(value):
     ((field, description),) = payment_method_violations(value)
