@@ -28,7 +28,7 @@ from shop.api.v1 import field_rules_pb2 as shop_dot_api_dot_v1_dot_field__rules_
 from shop.api.v1 import http_options_pb2 as shop_dot_api_dot_v1_dot_http__options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dshop/api/v1/field_rules.proto\x1a\x1eshop/api/v1/http_options.proto\"K\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\"\x98\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.shop.order.v1.OrderStatus\x12\'\n\x05items\x18\x04 \x03(\x0b\x32\x18.shop.order.v1.OrderItem\x12\x13\n\x0btotal_cents\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x12\n\npayment_id\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x04Item\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xa2\x82\x19\x05(\x01\x30\xe8\x07\"\xe5\x01\n\x12\x43reateOrderRequest\x12\x1d\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x01\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x13.shop.order.v1.ItemB\x06\xa2\x82\x19\x02@2\x12 \n\x0epayment_method\x18\x03 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x04\x12\x1c\n\nproduct_id\x18\x04 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x02\x12\x1d\n\x08quantity\x18\x05 \x01(\x05\x42\x0b\xa2\x82\x19\x07\x10\x01(\x01\x30\xe8\x07:%\xb2\x82\x19!\n\x07\n\x05items\n\x16\n\nproduct_id\n\x08quantity\"d\n\x11ListOrdersRequest\x12\x1d\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x01\x12\x1c\n\tpage_size\x18\x02 \x01(\x05\x42\t\xa2\x82\x19\x05(\x00\x30\xc8\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x0fGetOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\"0\n\x12\x43\x61ncelOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01*v\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tCONFIRMED\x10\x02\x12\x12\n\x0ePAYMENT_FAILED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xda\x04\n\x0cOrderService\x12\xfc\x01\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\x14.shop.order.v1.Order\"\xb3\x01\x92\x82\x19\x8f\x01\x08\x01\x12\x0c/orders/{id}\"}\n\x04\x63\x61rd\x12uorders never carry card details: create a payment method with POST /payment_methods and pass its id as payment_method\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x0c\"\x07/orders:\x01*\x12o\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"\x1c\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\t\x12\x07/orders\x12i\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x14.shop.order.v1.Order\"\'\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x14\x12\x12/orders/{order_id}\x12o\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\x14.shop.order.v1.Order\"\'\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x14*\x12/orders/{order_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dshop/api/v1/field_rules.proto\x1a\x1eshop/api/v1/http_options.proto\"K\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\"\x98\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.shop.order.v1.OrderStatus\x12\'\n\x05items\x18\x04 \x03(\x0b\x32\x18.shop.order.v1.OrderItem\x12\x13\n\x0btotal_cents\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x12\n\npayment_id\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x04Item\x12\x1c\n\nproduct_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x02\x12\x1b\n\x08quantity\x18\x02 \x01(\x05\x42\t\xa2\x82\x19\x05(\x01\x30\xe8\x07\"\xe7\x01\n\x12\x43reateOrderRequest\x12\x1d\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x01\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x13.shop.order.v1.ItemB\x06\xa2\x82\x19\x02@2\x12\"\n\x0epayment_method\x18\x03 \x01(\tB\n\xa2\x82\x19\x06\x10\x01\x18\x04 @\x12\x1c\n\nproduct_id\x18\x04 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x02\x12\x1d\n\x08quantity\x18\x05 \x01(\x05\x42\x0b\xa2\x82\x19\x07\x10\x01(\x01\x30\xe8\x07:%\xb2\x82\x19!\n\x07\n\x05items\n\x16\n\nproduct_id\n\x08quantity\"d\n\x11ListOrdersRequest\x12\x1d\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x10\x01\x18\x01\x12\x1c\n\tpage_size\x18\x02 \x01(\x05\x42\t\xa2\x82\x19\x05(\x00\x30\xc8\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x0fGetOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01\"0\n\x12\x43\x61ncelOrderRequest\x12\x1a\n\x08order_id\x18\x01 \x01(\tB\x08\xa2\x82\x19\x04\x08\x01\x18\x01*v\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tCONFIRMED\x10\x02\x12\x12\n\x0ePAYMENT_FAILED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xda\x04\n\x0cOrderService\x12\xfc\x01\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\x14.shop.order.v1.Order\"\xb3\x01\x92\x82\x19\x8f\x01\x08\x01\x12\x0c/orders/{id}\"}\n\x04\x63\x61rd\x12uorders never carry card details: create a payment method with POST /payment_methods and pass its id as payment_method\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x0c\"\x07/orders:\x01*\x12o\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"\x1c\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\t\x12\x07/orders\x12i\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x14.shop.order.v1.Order\"\'\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x14\x12\x12/orders/{order_id}\x12o\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\x14.shop.order.v1.Order\"\'\x9a\x82\x19\t\n\x07gateway\x82\xd3\xe4\x93\x02\x14*\x12/orders/{order_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,7 +44,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEORDERREQUEST'].fields_by_name['items']._loaded_options = None
   _globals['_CREATEORDERREQUEST'].fields_by_name['items']._serialized_options = b'\242\202\031\002@2'
   _globals['_CREATEORDERREQUEST'].fields_by_name['payment_method']._loaded_options = None
-  _globals['_CREATEORDERREQUEST'].fields_by_name['payment_method']._serialized_options = b'\242\202\031\004\020\001\030\004'
+  _globals['_CREATEORDERREQUEST'].fields_by_name['payment_method']._serialized_options = b'\242\202\031\006\020\001\030\004 @'
   _globals['_CREATEORDERREQUEST'].fields_by_name['product_id']._loaded_options = None
   _globals['_CREATEORDERREQUEST'].fields_by_name['product_id']._serialized_options = b'\242\202\031\004\020\001\030\002'
   _globals['_CREATEORDERREQUEST'].fields_by_name['quantity']._loaded_options = None
@@ -67,8 +67,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['GetOrder']._serialized_options = b'\232\202\031\t\n\007gateway\202\323\344\223\002\024\022\022/orders/{order_id}'
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\232\202\031\t\n\007gateway\202\323\344\223\002\024*\022/orders/{order_id}'
-  _globals['_ORDERSTATUS']._serialized_start=1113
-  _globals['_ORDERSTATUS']._serialized_end=1231
+  _globals['_ORDERSTATUS']._serialized_start=1115
+  _globals['_ORDERSTATUS']._serialized_end=1233
   _globals['_ORDERITEM']._serialized_start=170
   _globals['_ORDERITEM']._serialized_end=245
   _globals['_ORDER']._serialized_start=248
@@ -76,15 +76,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEM']._serialized_start=530
   _globals['_ITEM']._serialized_end=595
   _globals['_CREATEORDERREQUEST']._serialized_start=598
-  _globals['_CREATEORDERREQUEST']._serialized_end=827
-  _globals['_LISTORDERSREQUEST']._serialized_start=829
-  _globals['_LISTORDERSREQUEST']._serialized_end=929
-  _globals['_LISTORDERSRESPONSE']._serialized_start=931
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1014
-  _globals['_GETORDERREQUEST']._serialized_start=1016
-  _globals['_GETORDERREQUEST']._serialized_end=1061
-  _globals['_CANCELORDERREQUEST']._serialized_start=1063
-  _globals['_CANCELORDERREQUEST']._serialized_end=1111
-  _globals['_ORDERSERVICE']._serialized_start=1234
-  _globals['_ORDERSERVICE']._serialized_end=1836
+  _globals['_CREATEORDERREQUEST']._serialized_end=829
+  _globals['_LISTORDERSREQUEST']._serialized_start=831
+  _globals['_LISTORDERSREQUEST']._serialized_end=931
+  _globals['_LISTORDERSRESPONSE']._serialized_start=933
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1016
+  _globals['_GETORDERREQUEST']._serialized_start=1018
+  _globals['_GETORDERREQUEST']._serialized_end=1063
+  _globals['_CANCELORDERREQUEST']._serialized_start=1065
+  _globals['_CANCELORDERREQUEST']._serialized_end=1113
+  _globals['_ORDERSERVICE']._serialized_start=1236
+  _globals['_ORDERSERVICE']._serialized_end=1838
 # @@protoc_insertion_point(module_scope)
