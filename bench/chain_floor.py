@@ -18,8 +18,9 @@ It runs in two designs, rounds alternated:
 Prints one JSON line per design, the medians over rounds: chains/s, latency
 p50/p99 of the caller, CPU milliseconds per chain of each server, and how
 the machine's time went (user, system, idle, other; the caller included).
-The caller (grpc.aio, in this process) is not counted in the servers' CPU. What the shop spends on
-an order beyond these figures (and the gateway's HTTP) is its own work.
+The caller (grpc.aio, in this process) is not counted in the servers' CPU.
+What the shop spends on an order beyond these figures (and the gateway's
+HTTP) is its own work.
 """
 
 import argparse

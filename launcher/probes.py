@@ -10,19 +10,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from launcher.plan import SERVICE_NAMES, ProcessSpec
 from plumbing.channels import dial
+from plumbing.targets import bind_error
 
 
 def port_taken(port: int) -> bool:
     """Whether something listens on `port` (on any address), as a process
-    binding it would find. SO_REUSEADDR, as servers set it: connections in
-    TIME_WAIT from a shop just stopped do not count."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("0.0.0.0", port))
-        except OSError:
-            return True
-    return False
+    binding it would find."""
+    return bind_error(socket.AF_INET, ("0.0.0.0", port)) is not None
 
 
 def ports_in_use(specs: list[ProcessSpec]) -> list[str]:

@@ -60,9 +60,9 @@ from order_svc.model import (
 )
 from order_svc.recovery import Recovery
 from order_svc.upstream import Inventory, Payments, Refused, Unsettled
-from plumbing import tracing
+from plumbing import deadlines, tracing
 from plumbing.config import OrderConfig
-from plumbing.deadlines import MARGIN_S, remaining_s, timeout_for_call
+from plumbing.deadlines import remaining_s, timeout_for_call
 from plumbing.errors import DatabaseUnavailable, ShopError, not_found
 from plumbing.identity import Caller, may_see
 from plumbing.timestamps import utc_now
@@ -360,7 +360,7 @@ class OrderSaga:
         PENDING then. A failure decided but still compensating is answered
         after `decided_grace_s`; a retry (None) waits for the order's end."""
         left = remaining_s()
-        wait_s = left - MARGIN_S if left is not None else 2 * self.config.downstream_timeout_s
+        wait_s = left - deadlines.MARGIN_S if left is not None else 2 * self.config.downstream_timeout_s
         started = time.monotonic()
         give_up = started + wait_s
         pause = 0.02

@@ -36,8 +36,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Engine
 
+from plumbing import deadlines
 from plumbing.database_url import usable_url
-from plumbing.deadlines import MARGIN_S, deadline_from_remaining, deadline_var, remaining_s
+from plumbing.deadlines import deadline_from_remaining, deadline_var, remaining_s
 from plumbing.errors import DatabaseUnavailable, database_unavailable
 from plumbing.sqlite_writer import CommitFailed, SqliteWriter, WriterBusy, is_file_error
 from plumbing.statements import Plans, Tx
@@ -154,7 +155,7 @@ def _bounded_s(default_s: float) -> float:
     left = remaining_s()
     if left is None:
         return default_s
-    return min(default_s, max(left - MARGIN_S, left / 2))
+    return min(default_s, max(left - deadlines.MARGIN_S, left / 2))
 
 
 # PostgreSQL

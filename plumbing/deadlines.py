@@ -15,6 +15,7 @@ deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar("dea
 # time_remaining() is ~9e18 s when the caller set no deadline.
 _NO_DEADLINE_S = 10 * 365 * 24 * 3600
 # Left for this process to record the outcome and answer its own caller.
+# Read as deadlines.MARGIN_S where it is used, so a test can widen it.
 MARGIN_S = 0.2
 
 

@@ -33,7 +33,7 @@ from plumbing.metrics import ObservedHealthServicer, start_metrics_server
 from plumbing.readiness import WAITING_FOR_DATABASE, DatabaseReadiness
 from plumbing.reflection import enable_reflection
 from plumbing.scheduling import schedule_as_batch
-from plumbing.targets import join_host_port
+from plumbing.targets import bind_error, join_host_port
 
 log = logging.getLogger("plumbing.server")
 
@@ -179,22 +179,10 @@ def _why_not_bound(host: str, port: int) -> str:
     except socket.gaierror:
         return f"{host!r} is not a host name or address (GRPC_BIND_HOST?)"
     for family, _, _, _, address in addresses:
-        error = _bind_error(family, address)
+        error = bind_error(family, address)
         if error is not None and error.errno != errno.EADDRINUSE:
             return f"{error.strerror} (GRPC_BIND_HOST?)"
     return in_use
-
-
-def _bind_error(family: int, address: tuple) -> OSError | None:
-    """What binding `address` meets, as a server binds it: connections left
-    in TIME_WAIT by a server just gone (a crash, a SIGKILL) do not count."""
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as error:
-            return error
-    return None
 
 
 def serve(
@@ -377,7 +365,7 @@ def serve_as_group(config: ServerConfig) -> bool:
 def _check_port_free(port: int) -> None:
     """Bind the port alone, once: the group's copies share it with each
     other (SO_REUSEPORT) but must not share it with another program."""
-    error = _bind_error(socket.AF_INET6, ("::", port))
+    error = bind_error(socket.AF_INET6, ("::", port))
     if error is not None:
         raise SystemExit(f"cannot serve gRPC on port {port}: {error.strerror}")
 

@@ -3,7 +3,7 @@
 'ipv4:10.0.0.1:50051,10.0.0.2:50051'), or a comma-separated list of
 host:port, spread round-robin; and a host and port written as grpc and
 sockets take them (an IPv6 address bare, or in brackets before a port);
-and what a port may be."""
+what a port may be, and whether it can be bound."""
 
 import ipaddress
 import re
@@ -30,6 +30,18 @@ def port_number(text: str, any_free: bool = False) -> int:
 def bare_host(host: str) -> str:
     """A host name or address as sockets take it: an IPv6 one without brackets."""
     return host.strip().removeprefix("[").removesuffix("]")
+
+
+def bind_error(family: int, address: tuple) -> OSError | None:
+    """What binding `address` meets, as a server binds it: connections left
+    in TIME_WAIT by a server just gone (a crash, a SIGKILL) do not count."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return error
+    return None
 
 
 def join_host_port(host: str, port: int) -> str:

@@ -28,10 +28,10 @@ def pytest_configure(config):
     two workers never hand out the same one before either has bound it."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if worker.startswith("gw"):
-        count = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+        index, count = int(worker[2:]), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
         low, high = stack.PORT_RANGE
         width = (high - low) // count
-        stack.PORT_RANGE = (low + int(worker[2:]) * width, low + (int(worker[2:]) + 1) * width)
+        stack.PORT_RANGE = (low + index * width, low + (index + 1) * width)
 
 
 @pytest.fixture(autouse=True)

@@ -209,6 +209,10 @@ def test_a_data_dir_that_cannot_be_created_or_written_is_refused_naming_it(monke
         ("999.1.1.1:50051", "'999.1.1.1' is not an IPv4 address"),
         ("in ventory:50051", "'in ventory' is not a host name or address"),
         ("127.0.0.1:1,127.0.0.1:70000", "'127.0.0.1:70000' in a comma-separated list: port '70000' must be a port number, 1-65535"),
+        ("127.0.0.1:1,[::1]:2", "a comma-separated list cannot mix IPv4 and IPv6 addresses"),
+        ("nosuchhost.invalid:1,127.0.0.1:2", "cannot resolve 'nosuchhost.invalid'"),
+        ("127.0.0.1:1,127.0.0.1", "'127.0.0.1' in a comma-separated list is not host:port"),
+        (",", "a comma-separated list names no address"),
     ],
 )
 def test_an_address_that_is_not_host_port_refuses_the_start(monkeypatch, address, why):

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from launcher.stack import free_port_base
 from plumbing import deadlines
 from plumbing.channels import open_channel
-from plumbing.config import ConfigError, LogConfig, UpstreamConfig
+from plumbing.config import ConfigError, LogConfig
 from plumbing.logs import JsonFormatter, TextFormatter, request_id_var
 from plumbing.targets import resolve_target
 from shop.inventory.v1 import inventory_pb2 as pb
@@ -229,21 +229,6 @@ def test_a_comma_separated_address_list_becomes_a_round_robin_target():
     assert resolve_target("localhost:50051") == "localhost:50051"
     # grpc's own list forms pass through, commas and all.
     assert resolve_target("ipv4:127.0.0.1:1,127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
-
-
-@pytest.mark.parametrize(
-    "address, why",
-    [
-        ("127.0.0.1:1,[::1]:2", "a comma-separated list cannot mix IPv4 and IPv6"),
-        ("nosuchhost.invalid:1,127.0.0.1:2", "cannot resolve 'nosuchhost.invalid'"),
-        ("127.0.0.1:1,127.0.0.1", "'127.0.0.1' in a comma-separated list is not host:port"),
-        (",", "a comma-separated list names no address"),
-    ],
-)
-def test_an_address_list_that_cannot_be_used_refuses_the_start(monkeypatch, address, why):
-    monkeypatch.setenv("PAYMENT_ADDR", address)
-    with pytest.raises(ConfigError, match=re.escape(f"PAYMENT_ADDR={address!r}: {why}")):
-        UpstreamConfig.from_env()
 
 
 def _health_server(port: int) -> tuple[grpc.Server, int]:
