@@ -1,6 +1,6 @@
 """What the mesh's shape costs with nothing of the shop in it:
 `python -m bench chain-floor [--duration 8] [--rounds 3] [--concurrency 16]
-[--designs sync,aio]`.
+[--designs sync,aio,stream,aio-stream,pump]`.
 
 Three bare gRPC servers, each in a process of its own, called like an
 order: a caller sends to "order", whose handler commits a row, calls
@@ -9,11 +9,19 @@ commit one row per call. Every server writes to its own SQLite file in WAL
 mode with synchronous=FULL, so each call pays for a durable write as a saga
 step does. Bytes in and out: no protobuf, no validation, no metrics, no logs.
 
-It runs in two designs, rounds alternated:
+It runs in five designs, rounds alternated:
 - `sync`: grpcio's server on a thread pool of 16, blocking stubs (the shop's
   design);
 - `aio`: grpc.aio servers and stubs, one event loop per process, SQLite run
-  on the loop (no thread to hand a call to: the single-threaded design).
+  on the loop (no thread to hand a call to: the single-threaded design);
+- `stream`: as `sync`, but each of order's 16 threads keeps one
+  bidirectional stream open to each leaf and sends its calls on it as
+  messages (no call set up or torn down per step: another data path);
+- `aio-stream`: the leaves as in `stream`, order a grpc.aio server that
+  keeps 16 streams open to each leaf and lends one to each step (grpcio's
+  blocking stream needs a thread to feed it; an aio stream does not);
+- `pump`: the leaves as in `stream`, order grpcio's sync server handing
+  each step to one event loop thread that keeps the streams.
 
 Prints one JSON line per design, the medians over rounds: chains/s, latency
 p50/p99 of the caller, CPU milliseconds per chain of each server, and how
@@ -27,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import queue
 import sqlite3
 import statistics
 import subprocess
@@ -44,9 +53,10 @@ from bench.machine import machine_split, machine_times, median_split
 from bench.runner import cpu_seconds
 from launcher.stack import free_port_base
 
-DESIGNS = ("sync", "aio")
+DESIGNS = ("sync", "aio", "stream", "aio-stream", "pump")
 SERVERS = ("inventory", "payment", "order")
 METHOD = "/bench.Chain/Call"
+STREAM_METHOD = "/bench.Chain/Stream"
 CALL_TIMEOUT_S = 5.0
 PAYLOAD = b"x" * 200
 
@@ -77,6 +87,12 @@ class Journal:
 def _handler(behaviour) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         "bench.Chain", {"Call": grpc.unary_unary_rpc_method_handler(behaviour)}
+    )
+
+
+def _stream_handler(answer_each) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        "bench.Chain", {"Stream": grpc.stream_stream_rpc_method_handler(answer_each)}
     )
 
 
@@ -128,12 +144,126 @@ async def serve_aio(name: str, port: int, upstreams: list[int], journal: Journal
     await server.wait_for_termination()
 
 
+class StreamedCall:
+    """A blocking call over one bidirectional stream per calling thread, in
+    lockstep (grpcio feeds each stream's requests from a thread of its own)."""
+
+    def __init__(self, channel: grpc.Channel):
+        self.open = channel.stream_stream(STREAM_METHOD)
+        self.local = threading.local()
+
+    def __call__(self, request: bytes) -> bytes:
+        if not hasattr(self.local, "outbox"):
+            self.local.outbox = queue.SimpleQueue()
+            self.local.answers = self.open(iter(self.local.outbox.get, None))
+        self.local.outbox.put(request)
+        return next(self.local.answers)
+
+
+def serve_stream(name: str, port: int, upstreams: list[int], journal: Journal) -> None:
+    if name == "order":
+        calls = [StreamedCall(grpc.insecure_channel(f"127.0.0.1:{p}")) for p in upstreams]
+
+        def behaviour(request, context):
+            journal.write(request)
+            charged = calls[1](calls[0](request))
+            journal.write(charged)
+            return charged
+
+        handler = _handler(behaviour)
+    else:
+
+        def answer_each(requests, context):
+            for request in requests:
+                journal.write(request)
+                yield request
+
+        handler = _stream_handler(answer_each)
+    # A stream holds a server thread for its life: room for every order thread's.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16 if name == "order" else 48))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+class StreamPool:
+    """Open bidirectional streams to one leaf, lent one per step: a message
+    out, the answer back. A floor's sketch: no deadline per message and no
+    stream opened again after a failure, as a design would need."""
+
+    def __init__(self, port: int, size: int = 16):
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.idle: asyncio.Queue = asyncio.Queue()
+        for _ in range(size):
+            self.idle.put_nowait(channel.stream_stream(STREAM_METHOD)(wait_for_ready=True))
+
+    async def ask(self, request: bytes) -> bytes:
+        stream = await self.idle.get()
+        try:
+            await stream.write(request)
+            return await stream.read()
+        finally:
+            self.idle.put_nowait(stream)
+
+
+async def serve_aio_stream_order(port: int, upstreams: list[int], journal: Journal) -> None:
+    """Order in the `aio-stream` design: grpc.aio, each step a message."""
+    inventory, payment = (StreamPool(p) for p in upstreams)
+
+    async def behaviour(request, context):
+        journal.write(request)
+        charged = await payment.ask(await inventory.ask(request))
+        journal.write(charged)
+        return charged
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_handler(behaviour),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def serve_pump_order(port: int, upstreams: list[int], journal: Journal) -> None:
+    """Order in the `pump` design: grpcio's sync server, each step handed to
+    one event loop thread that owns the streams, and its answer handed back."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def open_pools() -> tuple[StreamPool, StreamPool]:
+        return tuple(StreamPool(p) for p in upstreams)
+
+    inventory, payment = asyncio.run_coroutine_threadsafe(open_pools(), loop).result()
+
+    def ask(pool: StreamPool, request: bytes) -> bytes:
+        return asyncio.run_coroutine_threadsafe(pool.ask(request), loop).result(CALL_TIMEOUT_S)
+
+    def behaviour(request, context):
+        journal.write(request)
+        charged = ask(payment, ask(inventory, request))
+        journal.write(charged)
+        return charged
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server.add_generic_rpc_handlers((_handler(behaviour),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
 def serve(design: str, name: str, port: int, upstreams: list[int], database: str) -> None:
     journal = Journal(database)
     if design == "sync":
         serve_sync(name, port, upstreams, journal)
-    else:
+    elif design == "aio":
         asyncio.run(serve_aio(name, port, upstreams, journal))
+    elif design == "stream" or name != "order":
+        # Every streamed design's leaves answer messages on streams.
+        serve_stream(name, port, upstreams, journal)
+    elif design == "aio-stream":
+        asyncio.run(serve_aio_stream_order(port, upstreams, journal))
+    else:
+        serve_pump_order(port, upstreams, journal)
 
 
 async def drive(port: int, duration_s: float, concurrency: int) -> list[float]:
@@ -213,7 +343,7 @@ def median_of(runs: list[dict]) -> dict:
 def designs(text: str) -> tuple[str, ...]:
     chosen = tuple(d for d in text.split(",") if d)
     if not chosen or set(chosen) - set(DESIGNS):
-        raise argparse.ArgumentTypeError(f"takes sync and/or aio, not {text!r}")
+        raise argparse.ArgumentTypeError(f"takes {', '.join(DESIGNS)}, not {text!r}")
     return chosen
 
 
@@ -223,7 +353,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=at_least_one, default=3, help="runs of each design, alternated (default 3)")
     parser.add_argument("--concurrency", type=at_least_one, default=16, help="chains in flight (default 16)")
     parser.add_argument(
-        "--designs", type=designs, default=DESIGNS, help="sync, aio or both, comma-separated (default sync,aio)"
+        "--designs", type=designs, default=DESIGNS, help=f"{', '.join(DESIGNS)}, comma-separated (default all)"
     )
     # One server of a run, started by the run itself.
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)

@@ -106,7 +106,7 @@ def test_cpu_of_a_process_gone_is_zero():
         (["run", "--runs", "0"], "must be at least 1"),
         (["compare", "only-one-tree"], "the following arguments are required"),
         (["grpc-load", "127.0.0.1:1"], "the following arguments are required"),
-        (["chain-floor", "--designs", "grpc"], "takes sync and/or aio"),
+        (["chain-floor", "--designs", "grpc"], "takes sync, aio, stream, aio-stream"),
         (["chain-floor", "--rounds", "0"], "must be at least 1"),
         (["nonsense"], "invalid choice"),
     ],
