@@ -96,6 +96,24 @@ def _stream_handler(answer_each) -> grpc.GenericRpcHandler:
     )
 
 
+def run_sync_server(handler: grpc.GenericRpcHandler, port: int, workers: int = 16) -> None:
+    """grpcio's server on a pool of `workers` threads, until terminated."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+async def run_aio_server(handler: grpc.GenericRpcHandler, port: int) -> None:
+    """A grpc.aio server on the running loop, until terminated."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
 def serve_sync(name: str, port: int, upstreams: list[int], journal: Journal) -> None:
     if name == "order":
         calls = [grpc.insecure_channel(f"127.0.0.1:{p}").unary_unary(METHOD) for p in upstreams]
@@ -113,11 +131,7 @@ def serve_sync(name: str, port: int, upstreams: list[int], journal: Journal) -> 
             journal.write(request)
             return request
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    server.add_generic_rpc_handlers((_handler(behaviour),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    server.wait_for_termination()
+    run_sync_server(_handler(behaviour), port)
 
 
 async def serve_aio(name: str, port: int, upstreams: list[int], journal: Journal) -> None:
@@ -137,11 +151,7 @@ async def serve_aio(name: str, port: int, upstreams: list[int], journal: Journal
             journal.write(request)
             return request
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_handler(behaviour),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    await run_aio_server(_handler(behaviour), port)
 
 
 class StreamedCall:
@@ -180,11 +190,7 @@ def serve_stream(name: str, port: int, upstreams: list[int], journal: Journal) -
 
         handler = _stream_handler(answer_each)
     # A stream holds a server thread for its life: room for every order thread's.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16 if name == "order" else 48))
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    server.wait_for_termination()
+    run_sync_server(handler, port, workers=16 if name == "order" else 48)
 
 
 class StreamPool:
@@ -217,11 +223,7 @@ async def serve_aio_stream_order(port: int, upstreams: list[int], journal: Journ
         journal.write(charged)
         return charged
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_handler(behaviour),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    await run_aio_server(_handler(behaviour), port)
 
 
 def serve_pump_order(port: int, upstreams: list[int], journal: Journal) -> None:
@@ -244,11 +246,7 @@ def serve_pump_order(port: int, upstreams: list[int], journal: Journal) -> None:
         journal.write(charged)
         return charged
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    server.add_generic_rpc_handlers((_handler(behaviour),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    server.wait_for_termination()
+    run_sync_server(_handler(behaviour), port)
 
 
 def serve(design: str, name: str, port: int, upstreams: list[int], database: str) -> None:
